@@ -1,0 +1,5 @@
+import sys
+
+from snaptastic_boot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""Every system path the agent touches, overridable from the environment for the lab and the tests."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    dev_root: Path
+    sys_root: Path
+    fstab: Path
+    run_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Paths:
+        env = os.environ if environ is None else environ
+        return cls(
+            dev_root=Path(env.get("SNAPTASTIC_DEV_ROOT", "/dev")),
+            sys_root=Path(env.get("SNAPTASTIC_SYS_ROOT", "/sys")),
+            fstab=Path(env.get("SNAPTASTIC_FSTAB", "/etc/fstab")),
+            run_dir=Path(env.get("SNAPTASTIC_RUN_DIR", "/run/snaptastic")),
+        )
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "snaptastic.lock"
+
+    def device(self, name: str) -> Path:
+        """`/dev/xvdf` -> `<dev_root>/xvdf`; the agent names devices as EC2 does and maps them here."""
+        return self.dev_root / name.removeprefix("/dev/")
