@@ -1,0 +1,215 @@
+"""Command line: argument parsing, logging set-up, and the one place errors become exit codes.
+
+Only the standard library is imported at module level: `--help` and `--version` run at boot and must not pay
+for boto3. Each `_cmd_<name>` imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Callable
+
+from snaptastic_boot import __version__
+from snaptastic_boot.errors import EXIT_BAD_INPUT, EXIT_FAILED, SnaptasticError
+
+log = logging.getLogger("snaptastic")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class UsageError(SnaptasticError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage and exits 2 by itself; we want our one-line error and our exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--userdata",
+        metavar="JSON",
+        help="use this JSON instead of the instance's userdata (for porting old systems)",
+    )
+    parser.add_argument("--config", metavar="PATH", help="JSON config (default $SNAPTASTIC_CONFIG or /etc/snaptastic/snaptastic.json)")
+    parser.add_argument("--loglevel", default=None, type=str.upper, choices=LOG_LEVELS, help="log level (default INFO)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="same as --loglevel DEBUG")
+
+
+def _add_test(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("test", help="show metadata and userdata, check credentials and required tools")
+    _common(p)
+    p.set_defaults(func=_cmd_test)
+
+
+def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list-volumes", help="list the configured volumes of a snapshotter and their state")
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p)
+    p.set_defaults(func=_cmd_list_volumes)
+
+
+def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mount-snapshots", help="create volumes from the newest snapshots, attach and mount them")
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument(
+        "--snapshot",
+        action="append",
+        default=[],
+        metavar="MOUNT=SNAP_ID",
+        help="restore MOUNT from this snapshot instead of the newest (repeatable)",
+    )
+    p.add_argument("--before", metavar="TIMESTAMP", help="restore the newest snapshots taken before this time (ISO 8601)")
+    p.add_argument("--force", action="store_true", help="accept a --snapshot whose tags do not match this snapshotter")
+    p.add_argument("--ignore-mounted", action="store_true", help="accepted for compatibility; mounted volumes are always left alone")
+    _common(p)
+    p.set_defaults(func=_cmd_mount_snapshots)
+
+
+def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-snapshots", help="freeze, snapshot and thaw the mounted volumes of a snapshotter")
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--no-freeze", action="store_true", help="do not freeze (the application already quiesced)")
+    p.add_argument("--wait", action="store_true", help="wait until the snapshots are completed")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    _common(p)
+    p.set_defaults(func=_cmd_make_snapshots)
+
+
+def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("unmount-snapshots", help="unmount and detach the volumes of a snapshotter")
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--delete", action="store_true", help="also delete the detached volumes")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    _common(p)
+    p.set_defaults(func=_cmd_unmount_snapshots)
+
+
+def _add_clean(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clean", help="delete expired snapshots or leaked volumes of a snapshotter")
+    p.add_argument("component", choices=("snapshots", "volumes"), help="what to clean")
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--keep", type=int, default=None, metavar="K", help="always keep the newest K snapshots per mount point")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    _common(p)
+    p.set_defaults(func=_cmd_clean)
+
+
+def _add_check_backups(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-backups", help="alert when the newest snapshot of a mount point is older than --age")
+    p.add_argument("--age", default="1d", help="maximum age, like 90m, 12h, 1d (default 1d)")
+    p.add_argument("--role")
+    p.add_argument("--cluster")
+    p.add_argument("--environment")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p)
+    p.set_defaults(func=_cmd_check_backups)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="snaptastic", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.description = "Restore EBS volumes from tagged snapshots at boot; snapshot them at shutdown."
+    parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_test, _add_list_volumes, _add_mount_snapshots, _add_make_snapshots, _add_unmount_snapshots, _add_clean, _add_check_backups):
+        add(sub)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # journald adds its own timestamp; keep lines short and greppable.
+    handler.setFormatter(logging.Formatter("snaptastic: %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    log.setLevel(getattr(logging, level))
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.test(args)
+
+
+def _cmd_list_volumes(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.list_volumes(args)
+
+
+def _cmd_mount_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.mount_snapshots(args)
+
+
+def _cmd_make_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.make_snapshots(args)
+
+
+def _cmd_unmount_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.unmount_snapshots(args)
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.clean(args)
+
+
+def _cmd_check_backups(args: argparse.Namespace) -> int:
+    from snaptastic_boot import commands
+
+    return commands.check_backups(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    level = "INFO"
+    try:
+        args = parser.parse_args(argv)
+        level = "DEBUG" if args.verbose else (args.loglevel or "INFO")
+        _configure_logging(level)
+        func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return EXIT_BAD_INPUT
+        return func(args)
+    except SnaptasticError as exc:
+        if level == "DEBUG":
+            log.exception("error")
+        print(f"snaptastic: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("snaptastic: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, reported as a bug
+        log.debug("unexpected error", exc_info=True)
+        print(f"snaptastic: unexpected error (this is a bug, please report it): {exc!r}", file=sys.stderr)
+        if level == "DEBUG":
+            raise
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
