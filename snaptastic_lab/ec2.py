@@ -1,0 +1,589 @@
+"""EC2 for the lab: moto's EC2 server behind a WSGI middleware that makes it behave like the real service.
+
+The middleware records every call, applies the fault knobs, forwards to moto, and fills the gaps where moto
+differs from AWS's documented behaviour:
+
+- CreateVolume honours ClientToken: a repeated token answers the same volume (moto creates a second one).
+- DetachVolume without InstanceId takes it from the volume's attachment (moto demands it).
+- CreateSnapshots honours `ExcludeDataVolumeIds` and `CopyTagsFromSource=volume` (moto ignores both); the lab
+  answers it itself from moto's models.
+- AttachVolume refuses a volume that is still `creating`, already attached or in another zone, and a device
+  name already in use.
+- A DetachVolume of a volume whose device is still mounted stays `busy`, as on EC2, and completes once it is
+  unmounted.
+- Snapshot StartTime: moto's EC2 serializer writes every timestamp as `...:SS.000Z`; the lab gives each
+  snapshot a distinct, increasing start time in milliseconds and writes it into the snapshot responses, as EC2 does.
+- Volumes stay `creating`, attachments `attaching` and snapshots `pending` for as long as the knobs say.
+
+Device side effects (sparse files, loop devices, nodes) happen before the answer is sent, so what the agent
+sees next is already consistent with what the API said.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlencode
+from xml.sax.saxutils import escape
+
+from moto.ec2.models.elastic_block_store import Snapshot, Volume
+
+from snaptastic_lab import devices
+from snaptastic_lab.faults import Faults
+
+INTERNAL_HEADER = "X-Snaptastic-Lab"
+XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+StartResponse = Callable[..., Any]
+Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+class _LabVolume(Volume):
+    """A moto volume that reports `creating` until its time has come."""
+
+    lab_ready_at: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if time.monotonic() < self.lab_ready_at:
+            return "creating"
+        return Volume.status.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+
+class _LabSnapshot(Snapshot):
+    """A moto snapshot that is `pending`, with growing progress, until its time has come."""
+
+    lab_started_at: float = 0.0
+    lab_done_at: float = 0.0
+
+    @property  # type: ignore[override]
+    def status(self) -> str:
+        return "pending" if time.monotonic() < self.lab_done_at else "completed"
+
+    @status.setter
+    def status(self, value: str) -> None:
+        pass
+
+    @property
+    def progress(self) -> str:
+        span = self.lab_done_at - self.lab_started_at
+        if span <= 0 or time.monotonic() >= self.lab_done_at:
+            return "100%"
+        done = (time.monotonic() - self.lab_started_at) / span
+        return f"{min(99, int(done * 100))}%"
+
+
+def error_answer(status: int, code: str, message: str) -> Answer:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+    reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}
+    return f"{status} {reason.get(status, 'Error')}", [("Content-Type", "text/xml")], body
+
+
+def _ok(body: str) -> Answer:
+    return "200 OK", [("Content-Type", "text/xml")], body.encode()
+
+
+def _iso_ms(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _indexed(params: dict[str, str], prefix: str) -> list[str]:
+    """`Prefix.1`, `Prefix.2`, ... in order."""
+    found = []
+    number = 1
+    while f"{prefix}.{number}" in params:
+        found.append(params[f"{prefix}.{number}"])
+        number += 1
+    return found
+
+
+def _tag_specifications(params: dict[str, str], resource_type: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    spec = 1
+    while f"TagSpecification.{spec}.ResourceType" in params:
+        if params[f"TagSpecification.{spec}.ResourceType"] == resource_type:
+            tag = 1
+            while f"TagSpecification.{spec}.Tag.{tag}.Key" in params:
+                key = params[f"TagSpecification.{spec}.Tag.{tag}.Key"]
+                tags[key] = params.get(f"TagSpecification.{spec}.Tag.{tag}.Value", "")
+                tag += 1
+        spec += 1
+    return tags
+
+
+class Ec2Emulator:
+    """WSGI middleware in front of moto's EC2 app, plus the lab's device bookkeeping."""
+
+    def __init__(
+        self,
+        moto_app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
+        backend: Any,
+        faults: Faults,
+        workdir: Path,
+        dev_root: Path,
+        sys_root: Path,
+        device_style: str,
+    ) -> None:
+        self.moto_app = moto_app
+        self.backend = backend
+        self.faults = faults
+        self.volumes_dir = workdir / "volumes"
+        self.snapshots_dir = workdir / "snapshots"
+        self.dev_root = dev_root
+        self.sys_root = sys_root
+        self.device_style = device_style
+        self.lock = threading.RLock()
+        self.calls: list[tuple[float, str]] = []
+        self.requests: list[tuple[float, str, dict[str, str]]] = []
+        self.current_instance: str | None = None
+        self.root_volumes: dict[str, str] = {}
+        self.tables: dict[str, devices.DeviceTable] = {}
+        self.loops_created: set[str] = set()
+        self._client_tokens: dict[str, tuple[dict[str, str], Answer, str]] = {}
+        self._pending_attach: dict[str, tuple[float, str, bool]] = {}
+        self._busy_detach: dict[str, str] = {}
+        self._last_start = datetime(2000, 1, 1)
+
+    # Files
+
+    def volume_file(self, volume_id: str) -> Path:
+        return self.volumes_dir / f"{volume_id}.img"
+
+    def snapshot_file(self, snapshot_id: str) -> Path:
+        return self.snapshots_dir / f"{snapshot_id}.img"
+
+    # Devices of the instances
+
+    def table(self, instance_id: str) -> devices.DeviceTable:
+        if instance_id not in self.tables:
+            self.tables[instance_id] = devices.DeviceTable(self.dev_root, self.sys_root, self.device_style)
+        return self.tables[instance_id]
+
+    def switch_instance(self, instance_id: str, root_volume: str | None) -> None:
+        """Make `instance_id` the machine whose devices appear under the dev root."""
+        with self.lock:
+            if self.current_instance and self.current_instance in self.tables:
+                # The previous machine is elsewhere now: its devices leave this one's /dev.
+                self.tables[self.current_instance].detach_all(force_unmount=True)
+            self.current_instance = instance_id
+            if root_volume:
+                self.root_volumes[instance_id] = root_volume
+                self.table(instance_id).add_root(root_volume)
+
+    def device_for(self, volume_id: str) -> Path | None:
+        with self.lock:
+            self.refresh()
+            if self.current_instance is None or self.current_instance not in self.tables:
+                return None
+            return self.tables[self.current_instance].device_for(volume_id)
+
+    def _materialize(self, volume_id: str, instance_id: str, device: str) -> None:
+        if instance_id != self.current_instance:
+            return
+        image = self.volume_file(volume_id)
+        if not image.exists():
+            devices.make_sparse(image, self.backend.get_volume(volume_id).size)
+        entry = self.table(instance_id).attach(volume_id, image, device)
+        self.loops_created.add(entry.loop)
+
+    def refresh(self) -> None:
+        """Let time pass: finish attachments and busy detaches that are due."""
+        with self.lock:
+            now = time.monotonic()
+            for volume_id, (due, device, appears) in list(self._pending_attach.items()):
+                if now < due:
+                    continue
+                del self._pending_attach[volume_id]
+                volume = self.backend.volumes.get(volume_id)
+                if volume is None or volume.attachment is None:
+                    continue
+                volume.attachment.status = "attached"
+                mapping = volume.attachment.instance.block_device_mapping.get(device)
+                if mapping is not None:
+                    mapping.status = "attached"
+                if appears:
+                    self._materialize(volume_id, volume.attachment.instance.id, device)
+            for volume_id, instance_id in list(self._busy_detach.items()):
+                table = self.tables.get(instance_id)
+                if table is not None and table.is_mounted(volume_id):
+                    continue
+                del self._busy_detach[volume_id]
+                volume = self.backend.volumes.get(volume_id)
+                if volume is not None and volume.attachment is not None:
+                    self.backend.detach_volume(volume_id, instance_id, volume.attachment.device)
+                if table is not None:
+                    table.detach(volume_id)
+
+    def teardown_instance(self, instance_id: str) -> None:
+        with self.lock:
+            table = self.tables.pop(instance_id, None)
+            if table is not None:
+                table.detach_all(force_unmount=True)
+            for volume_id in [v for v, i in self._busy_detach.items() if i == instance_id]:
+                del self._busy_detach[volume_id]
+
+    def teardown_all(self) -> None:
+        with self.lock:
+            for instance_id in list(self.tables):
+                self.teardown_instance(instance_id)
+            self._pending_attach.clear()
+
+    # WSGI
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        params = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        action = params.get("Action", "")
+        internal = environ.get("HTTP_" + INTERNAL_HEADER.upper().replace("-", "_")) == "internal"
+        answer: Answer | None = None
+        if not internal:
+            stamp = time.time()
+            self.calls.append((stamp, action))
+            self.requests.append((stamp, action, params))
+            answer = self._fault(action)
+        if answer is None:
+            with self.lock:
+                self.refresh()
+                handler = getattr(self, f"_do_{action}", None)
+                try:
+                    if handler is not None:
+                        answer = handler(environ, params)
+                    else:
+                        answer = self.forward(environ, params)
+                except _Refused as refused:
+                    answer = refused.answer
+        status, headers, payload = answer
+        start_response(status, [*headers, ("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def _fault(self, action: str) -> Answer | None:
+        faults = self.faults
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        hang = faults.hang_actions.get(action)
+        if hang:
+            time.sleep(hang)
+        if action in faults.fail_actions:
+            status, code, message = faults.fail_actions[action]
+            return error_answer(status, code, message)
+        if faults.chance(faults.throttle_rate):
+            return error_answer(400, "RequestLimitExceeded", "Request limit exceeded.")
+        if faults.chance(faults.error_rate):
+            status, code = faults.pick(((503, "Unavailable"), (500, "InternalError")))
+            message = (
+                "The service is unavailable. Please try again shortly." if status == 503 else ("An internal error has occurred.")
+            )
+            return error_answer(status, code, message)
+        return None
+
+    def forward(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        body = urlencode(params).encode()
+        inner = dict(environ)
+        inner["wsgi.input"] = io.BytesIO(body)
+        inner["CONTENT_LENGTH"] = str(len(body))
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"] = status
+            captured["headers"] = headers
+            return lambda _chunk: None
+
+        chunks = self.moto_app(inner, capture)
+        try:
+            payload = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        return captured["status"], headers, payload
+
+    # Actions
+
+    def _do_CreateVolume(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        token = params.get("ClientToken")
+        if token and token in self._client_tokens:
+            seen, answer, volume_id = self._client_tokens[token]
+            if seen != params:
+                return error_answer(
+                    400,
+                    "IdempotentParameterMismatch",
+                    "The client token you have provided is associated with a resource that is already "
+                    "deleted or has different parameters. Please use a different client token.",
+                )
+            if volume_id in self.backend.volumes:
+                return answer
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        volume_id = _first(rb"<volumeId>(vol-[0-9a-f]+)</volumeId>", answer[2])
+        volume = self.backend.volumes[volume_id]
+        snapshot_id = params.get("SnapshotId")
+        image = self.volume_file(volume_id)
+        if snapshot_id and self.snapshot_file(snapshot_id).exists():
+            devices.copy_sparse(self.snapshot_file(snapshot_id), image)
+        devices.make_sparse(image, int(volume.size))
+        seconds = self.faults.volume_creating_seconds
+        if seconds > 0:
+            volume.__class__ = _LabVolume
+            volume.lab_ready_at = time.monotonic() + seconds
+        # EC2 always answers CreateVolume with `creating`; moto says `available`.
+        payload = answer[2].replace(b"<status>available</status>", b"<status>creating</status>", 1)
+        answer = (answer[0], answer[1], payload)
+        if token:
+            self._client_tokens[token] = (dict(params), answer, volume_id)
+        return answer
+
+    def _do_DeleteVolume(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        answer = self.forward(environ, params)
+        if answer[0].startswith("200"):
+            self.volume_file(params["VolumeId"]).unlink(missing_ok=True)
+        return answer
+
+    def _do_AttachVolume(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        volume_id = params.get("VolumeId", "")
+        instance_id = params.get("InstanceId", "")
+        device = params.get("Device", "")
+        volume = self.backend.volumes.get(volume_id)
+        instance = self._instance(instance_id)
+        if volume is not None and instance is not None:
+            if volume.status == "creating":
+                raise _Refused(error_answer(400, "IncorrectState", f"{volume_id} is not 'available'."))
+            if volume.attachment is not None:
+                raise _Refused(error_answer(400, "VolumeInUse", f"{volume_id} is already attached to an instance"))
+            if volume.zone is not None and volume.zone.name != instance._placement.zone:
+                raise _Refused(
+                    error_answer(
+                        400,
+                        "InvalidVolume.ZoneMismatch",
+                        f"The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'",
+                    )
+                )
+            if device in instance.block_device_mapping:
+                raise _Refused(
+                    error_answer(
+                        400,
+                        "InvalidParameterValue",
+                        f"Invalid value '{device}' for unixDevice. Attachment point " + device + " is already in use",
+                    )
+                )
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        appears = not self.faults.device_never_appears
+        stuck = float(self.faults.attach_stuck or 0)
+        if stuck > 0:
+            attached = self.backend.volumes[volume_id].attachment
+            attached.status = "attaching"
+            self.backend.get_instance(instance_id).block_device_mapping[device].status = "attaching"
+            due = math.inf if math.isinf(stuck) else time.monotonic() + stuck
+            self._pending_attach[volume_id] = (due, device, appears)
+        elif appears:
+            self._materialize(volume_id, instance_id, device)
+        return answer
+
+    def _do_DetachVolume(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        volume_id = params.get("VolumeId", "")
+        volume = self.backend.volumes.get(volume_id)
+        if volume is None or volume.attachment is None:
+            if volume is None:
+                return error_answer(400, "InvalidVolume.NotFound", f"The volume '{volume_id}' does not exist.")
+            return error_answer(400, "IncorrectState", f"Volume '{volume_id}' is in the 'available' state.")
+        attachment = volume.attachment
+        instance_id = attachment.instance.id
+        if params.get("InstanceId", instance_id) != instance_id:
+            return error_answer(
+                400,
+                "InvalidAttachment.NotFound",
+                f"The volume {volume_id} is not attached to instance {params['InstanceId']}",
+            )
+        params = {**params, "InstanceId": instance_id}
+        force = params.get("Force", "false").lower() == "true"
+        table = self.tables.get(instance_id)
+        if table is not None and table.is_mounted(volume_id) and not force:
+            # EC2 accepts the call and leaves the attachment `busy` until the OS lets the device go.
+            attachment.status = "busy"
+            self._busy_detach[volume_id] = instance_id
+            return _ok(
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<DetachVolumeResponse xmlns="{XMLNS}">'
+                f"<requestId>{uuid.uuid4()}</requestId><volumeId>{volume_id}</volumeId>"
+                f"<instanceId>{instance_id}</instanceId><device>{escape(attachment.device)}</device>"
+                f"<status>busy</status><attachTime>{_iso_ms(attachment.attach_time)}</attachTime>"
+                "</DetachVolumeResponse>"
+            )
+        self._pending_attach.pop(volume_id, None)
+        self._busy_detach.pop(volume_id, None)
+        answer = self.forward(environ, params)
+        if answer[0].startswith("200") and table is not None:
+            table.detach(volume_id, force_unmount=force)
+        return answer
+
+    def _do_CreateSnapshot(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        snapshot_id = _first(rb"<snapshotId>(snap-[0-9a-f]+)</snapshotId>", answer[2])
+        self._snapshot_taken(self.backend.snapshots[snapshot_id])
+        return self._with_start_times(answer)
+
+    def _do_CreateSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        instance_id = params.get("InstanceSpecification.InstanceId", "")
+        instance = self._instance(instance_id)
+        if instance is None:
+            return error_answer(400, "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
+        if params.get("DryRun", "false").lower() == "true":
+            return error_answer(412, "DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+        exclude_boot = params.get("InstanceSpecification.ExcludeBootVolume", "false").lower() == "true"
+        excluded = set(_indexed(params, "InstanceSpecification.ExcludeDataVolumeId"))
+        copy_tags = params.get("CopyTagsFromSource") == "volume"
+        extra_tags = _tag_specifications(params, "snapshot")
+        description = params.get("Description", "")
+        boot_volume = self.root_volumes.get(instance_id) or self._root_volume_of(instance)
+        chosen = []
+        for mapping in instance.block_device_mapping.values():
+            volume_id = mapping.volume_id
+            if volume_id == boot_volume:
+                if exclude_boot:
+                    continue
+            elif volume_id in excluded:
+                continue
+            chosen.append(volume_id)
+        items = []
+        for volume_id in chosen:
+            snapshot = self.backend.create_snapshot(volume_id, description)
+            tags: dict[str, str] = {}
+            if copy_tags:
+                tags.update({t["key"]: t["value"] for t in self.backend.volumes[volume_id].get_tags()})
+            tags.update(extra_tags)
+            if tags:
+                self.backend.create_tags([snapshot.id], tags)
+            self._snapshot_taken(snapshot)
+            tag_xml = "".join(f"<item><key>{escape(k)}</key><value>{escape(v)}</value></item>" for k, v in tags.items())
+            items.append(
+                "<item>"
+                f"<snapshotId>{snapshot.id}</snapshotId><volumeId>{volume_id}</volumeId>"
+                f"<state>{snapshot.status}</state><volumeSize>{snapshot.volume_size}</volumeSize>"
+                f"<startTime>{_iso_ms(snapshot.start_time)}</startTime><progress>{snapshot.progress}</progress>"
+                f"<ownerId>{snapshot.owner_id}</ownerId><description>{escape(description)}</description>"
+                f"<encrypted>{str(bool(snapshot.encrypted)).lower()}</encrypted>"
+                f"<tagSet>{tag_xml}</tagSet>"
+                "</item>"
+            )
+        return _ok(
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<CreateSnapshotsResponse xmlns="{XMLNS}">'
+            f"<requestId>{uuid.uuid4()}</requestId><snapshotSet>{''.join(items)}</snapshotSet>"
+            "</CreateSnapshotsResponse>"
+        )
+
+    def _do_DescribeSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        return self._with_start_times(self.forward(environ, params))
+
+    def _do_DeleteSnapshot(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        answer = self.forward(environ, params)
+        if answer[0].startswith("200"):
+            self.snapshot_file(params["SnapshotId"]).unlink(missing_ok=True)
+        return answer
+
+    def _do_ModifyInstanceAttribute(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        instance = self._instance(params.get("InstanceId", ""))
+        if instance is not None:
+            for number in range(1, 1000):
+                name = params.get(f"BlockDeviceMapping.{number}.DeviceName")
+                if name is None:
+                    break
+                if name not in instance.block_device_mapping:
+                    # moto answers a KeyError as HTTP 500; EC2 names the bad device.
+                    return error_answer(400, "InvalidInstanceAttributeValue", f"No device is currently mapped at {name}")
+        return self.forward(environ, params)
+
+    def _do_TerminateInstances(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        for instance_id in _indexed(params, "InstanceId"):
+            self.teardown_instance(instance_id)
+            for volume_id, (_due, _device, _appears) in list(self._pending_attach.items()):
+                if volume_id not in self.backend.volumes:
+                    del self._pending_attach[volume_id]
+        # Volumes with DeleteOnTermination went with the instance; so do their files.
+        if self.volumes_dir.exists():
+            for image in self.volumes_dir.glob("vol-*.img"):
+                if image.stem not in self.backend.volumes:
+                    image.unlink(missing_ok=True)
+        return answer
+
+    # Helpers
+
+    def _instance(self, instance_id: str) -> Any:
+        try:
+            return self.backend.get_instance(instance_id)
+        except Exception:
+            return None
+
+    def _root_volume_of(self, instance: Any) -> str | None:
+        mapping = instance.block_device_mapping.get(instance.root_device_name)
+        return mapping.volume_id if mapping is not None else None
+
+    def _snapshot_taken(self, snapshot: Any) -> None:
+        """Copy the data as it is now, give a millisecond start time, and apply the pending knob."""
+        source = self.volume_file(snapshot.volume.id)
+        if source.exists():
+            devices.copy_sparse(source, self.snapshot_file(snapshot.id))
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        if now <= self._last_start:
+            now = self._last_start + timedelta(milliseconds=1)
+        self._last_start = now
+        snapshot.start_time = now
+        seconds = self.faults.snapshot_pending_seconds
+        if seconds > 0:
+            snapshot.__class__ = _LabSnapshot
+            snapshot.lab_started_at = time.monotonic()
+            snapshot.lab_done_at = snapshot.lab_started_at + seconds
+
+    def _with_start_times(self, answer: Answer) -> Answer:
+        """Write each snapshot's millisecond start time over moto's `.000Z` one."""
+        status, headers, payload = answer
+        if not status.startswith("200"):
+            return answer
+        ids = re.findall(rb"<snapshotId>(snap-[0-9a-f]+)</snapshotId>", payload)
+        times = list(re.finditer(rb"<startTime>[^<]*</startTime>", payload))
+        if len(ids) != len(times):
+            return answer
+        pieces = []
+        last = 0
+        for snapshot_id, match in zip(ids, times):
+            snapshot = self.backend.snapshots.get(snapshot_id.decode())
+            if snapshot is None:
+                continue
+            pieces.append(payload[last : match.start()])
+            pieces.append(f"<startTime>{_iso_ms(snapshot.start_time)}</startTime>".encode())
+            last = match.end()
+        pieces.append(payload[last:])
+        return status, headers, b"".join(pieces)
+
+
+class _Refused(Exception):
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer[0])
+        self.answer = answer
+
+
+def _first(pattern: bytes, payload: bytes) -> str:
+    found = re.search(pattern, payload)
+    if found is None:
+        raise RuntimeError(f"moto's answer has no match for {pattern!r}")
+    return found.group(1).decode()

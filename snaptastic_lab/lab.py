@@ -1,0 +1,378 @@
+"""The lab: EC2 (moto behind the emulating middleware), an IMDSv2 server and loop-backed devices.
+
+All on 127.0.0.1. The agent runs unchanged as a subprocess with `lab.env`; tests set up and check state
+through `lab.ec2` and the files and device nodes under the lab's workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Union
+
+from snaptastic_lab import devices
+from snaptastic_lab.faults import Faults
+from snaptastic_lab.imds import InstanceIdentity, MetadataService
+
+ACCOUNT_ID = "123456789012"
+IMAGE_ID = "ami-0b5eea76982371e91"
+INSTANCE_TYPE = "t3.large"
+ROOT_DEVICE = "/dev/sda1"
+DEFAULT_USERDATA: dict[str, Any] = {"role": "solr", "cluster": "solr-cluster", "environment": "test"}
+
+Userdata = Union[bytes, str, dict, None]
+
+# Environment that would let the agent find credentials, a region or endpoints somewhere other than the lab.
+_SCRUBBED = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_V1_DISABLED",
+    "SNAPTASTIC_CONFIG",
+)
+
+
+def userdata_bytes(userdata: Userdata) -> bytes | None:
+    if userdata is None:
+        return None
+    if isinstance(userdata, dict):
+        return json.dumps(userdata).encode()
+    if isinstance(userdata, str):
+        return userdata.encode()
+    return bytes(userdata)
+
+
+class Lab:
+    """A local EC2 + EBS + IMDS for one instance at a time; see the package docstring for the layout."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        device_style: str = "nvme",
+        userdata: Userdata = DEFAULT_USERDATA,
+        region: str = "us-east-1",
+        config: Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        if device_style not in devices.DEVICE_STYLES:
+            raise ValueError(f"device_style must be one of {devices.DEVICE_STYLES}, not {device_style!r}")
+        self.workdir = Path(workdir).resolve()
+        self.device_style = device_style
+        self.region = region
+        self.availability_zone = region + "a"
+        self.config = config
+        self.faults = Faults(seed)
+        self.dev_root = self.workdir / "dev"
+        self.sys_root = self.workdir / "sys"
+        self.fstab = self.workdir / "etc" / "fstab"
+        self.run_dir = self.workdir / "run"
+        self.mount_root = self.workdir / "mnt"
+        self.instance_id = ""
+        self.env: dict[str, str] = {}
+        self._userdata = userdata_bytes(userdata)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._emulator: Any = None
+        self._imds: MetadataService | None = None
+        self._internal: Any = None
+        self._ec2: Any = None
+        self.endpoint = ""
+        self._started = False
+
+    # Life cycle
+
+    def start(self) -> Lab:
+        for path in (
+            self.dev_root,
+            self.sys_root / "block",
+            self.fstab.parent,
+            self.run_dir,
+            self.mount_root,
+            self.workdir / "volumes",
+            self.workdir / "snapshots",
+            self.workdir / "aws",
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        self.fstab.write_text(f"# /etc/fstab: static file system information.\nUUID={uuid.uuid4()} / ext4 defaults,discard 0 1\n")
+        backend = _fresh_backend(self.region)
+        from moto.moto_server.werkzeug_app import create_backend_app
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        from snaptastic_lab.ec2 import Ec2Emulator
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                pass
+
+        self._emulator = Ec2Emulator(
+            create_backend_app("ec2"),
+            backend,
+            self.faults,
+            self.workdir,
+            self.dev_root,
+            self.sys_root,
+            self.device_style,
+        )
+        self._server = make_server("127.0.0.1", 0, self._emulator, threaded=True, request_handler=QuietHandler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="lab-ec2", daemon=True)
+        self._thread.start()
+        self._started = True
+        try:
+            self._internal = self._client(internal=True)
+            self._ec2 = self._client()
+            identity = self._launch(self._userdata)
+            self._imds = MetadataService(identity, self.faults)
+            self._imds.start()
+            self.env = self._build_env()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Unmount what is under the workdir, free every loop device, stop the servers."""
+        if not self._started:
+            return
+        self._started = False
+        for point in devices.mounts_under(self.workdir):
+            if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
+                devices.lazy_unmount(point)
+        if self._emulator is not None:
+            self._emulator.teardown_all()
+        for folder in (self.workdir / "volumes", self.workdir / "snapshots"):
+            for image in folder.glob("*.img") if folder.exists() else []:
+                for loop in devices.loops_for(image):
+                    devices.loop_detach(loop)
+        if self._imds is not None:
+            self._imds.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
+        self.stop()
+
+    # Clients and environment
+
+    def _client(self, internal: bool = False, max_attempts: int | None = None) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        from snaptastic_lab.ec2 import INTERNAL_HEADER
+
+        retries: dict[str, Any] = {"mode": "standard"}
+        if max_attempts is not None:
+            retries["total_max_attempts"] = max_attempts
+        client = boto3.session.Session().client(
+            "ec2",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id="lab",
+            aws_secret_access_key="lab",
+            config=Config(retries=retries, connect_timeout=5, read_timeout=120),
+        )
+        if internal:
+
+            def mark(request: Any, **_: Any) -> None:
+                request.headers[INTERNAL_HEADER] = "internal"
+
+            client.meta.events.register("before-sign.ec2.*", mark)
+        return client
+
+    @property
+    def ec2(self) -> Any:
+        """A boto3 EC2 client on the lab with static credentials; its calls are recorded, faults apply."""
+        return self._ec2
+
+    def ec2_client(self, max_attempts: int | None = None) -> Any:
+        """A fresh client; `max_attempts=1` turns retries off, so faults are seen as they are."""
+        return self._client(max_attempts=max_attempts)
+
+    @property
+    def imds_endpoint(self) -> str:
+        assert self._imds is not None
+        return self._imds.endpoint
+
+    @property
+    def imds(self) -> MetadataService:
+        assert self._imds is not None
+        return self._imds
+
+    def _build_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        no_proxy = ",".join(p for p in (env.get("NO_PROXY", ""), "127.0.0.1", "localhost") if p)
+        env.update(
+            {
+                "AWS_ENDPOINT_URL_EC2": self.endpoint,
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_endpoint,
+                "AWS_EC2_METADATA_DISABLED": "false",
+                "AWS_SHARED_CREDENTIALS_FILE": str(self.workdir / "aws" / "credentials"),
+                "AWS_CONFIG_FILE": str(self.workdir / "aws" / "config"),
+                "SNAPTASTIC_DEV_ROOT": str(self.dev_root),
+                "SNAPTASTIC_SYS_ROOT": str(self.sys_root),
+                "SNAPTASTIC_FSTAB": str(self.fstab),
+                "SNAPTASTIC_RUN_DIR": str(self.run_dir),
+                "NO_PROXY": no_proxy,
+                "no_proxy": no_proxy,
+            }
+        )
+        if self.config is not None:
+            env["SNAPTASTIC_CONFIG"] = str(self.config)
+        return env
+
+    def run(self, *args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run the agent's CLI against the lab."""
+        argv = ["snaptastic", *args]
+        if shutil.which("snaptastic", path=self.env.get("PATH")) is None:
+            import sys
+
+            argv = [sys.executable, "-m", "snaptastic_boot", *args]
+        return subprocess.run(
+            argv,
+            env=kw.pop("env", self.env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **kw,
+        )
+
+    # Instances
+
+    def _launch(self, userdata: bytes | None) -> InstanceIdentity:
+        kwargs: dict[str, Any] = {}
+        if userdata is not None:
+            kwargs["UserData"] = userdata
+        reservation = self._internal.run_instances(
+            ImageId=IMAGE_ID,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType=INSTANCE_TYPE,
+            Placement={"AvailabilityZone": self.availability_zone},
+            **kwargs,
+        )
+        instance = reservation["Instances"][0]
+        self.instance_id = instance["InstanceId"]
+        root = next(
+            (m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if m["DeviceName"] == ROOT_DEVICE),
+            None,
+        )
+        self._emulator.switch_instance(self.instance_id, root)
+        return InstanceIdentity(
+            instance_id=self.instance_id,
+            region=self.region,
+            availability_zone=self.availability_zone,
+            instance_type=INSTANCE_TYPE,
+            image_id=IMAGE_ID,
+            account_id=ACCOUNT_ID,
+            private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
+            userdata=userdata,
+        )
+
+    def new_instance(self, userdata: Userdata = DEFAULT_USERDATA, keep_userdata: bool = True) -> str:
+        """Launch a replacement instance in the same zone and make it the one IMDS and the dev root belong to.
+
+        With `keep_userdata` (the default) and no `userdata` given, it gets the current userdata.
+        """
+        data = self.imds.identity.userdata if keep_userdata and userdata is DEFAULT_USERDATA else (userdata_bytes(userdata))
+        self.imds.identity = self._launch(data)
+        return self.instance_id
+
+    def terminate_instance(self) -> None:
+        """Terminate the current instance: its devices go away and DeleteOnTermination volumes are deleted."""
+        self._internal.terminate_instances(InstanceIds=[self.instance_id])
+
+    def set_userdata(self, userdata: Userdata) -> None:
+        self.imds.identity.userdata = userdata_bytes(userdata)
+
+    # Observation
+
+    @property
+    def calls(self) -> list[tuple[float, str]]:
+        """(time, action) of every EC2 call made through the lab's endpoint, except the lab's own."""
+        return self._emulator.calls  # type: ignore[no-any-return]
+
+    @property
+    def requests(self) -> list[tuple[float, str, dict[str, str]]]:
+        """(time, action, form parameters) of every recorded call."""
+        return self._emulator.requests  # type: ignore[no-any-return]
+
+    def call_counts(self) -> Counter[str]:
+        return Counter(action for _, action in self.calls)
+
+    def reset_calls(self) -> None:
+        self._emulator.calls.clear()
+        self._emulator.requests.clear()
+
+    def volume_file(self, volume_id: str) -> Path:
+        return self._emulator.volume_file(volume_id)  # type: ignore[no-any-return]
+
+    def snapshot_file(self, snapshot_id: str) -> Path:
+        return self._emulator.snapshot_file(snapshot_id)  # type: ignore[no-any-return]
+
+    def device_for(self, volume_id: str) -> Path | None:
+        """The node the current instance sees for `volume_id`, or None when it has not appeared."""
+        return self._emulator.device_for(volume_id)  # type: ignore[no-any-return]
+
+    @property
+    def backend(self) -> Any:
+        """moto's EC2 backend of the lab's region, for state the API cannot set."""
+        return self._emulator.backend
+
+
+_backend_lock = threading.Lock()
+
+
+def _fresh_backend(region: str) -> Any:
+    """moto's EC2 backend for `region`, emptied, without moto's default AMIs (they take seconds to load)."""
+    with _backend_lock:
+        previous = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
+        os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+        try:
+            from moto.ec2.models import ec2_backends
+            from moto.ec2.models.amis import Ami
+
+            backend = ec2_backends[ACCOUNT_ID][region]
+            backend.reset()
+        finally:
+            if previous is None:
+                del os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"]
+            else:
+                os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = previous
+        backend.amis[IMAGE_ID] = Ami(
+            backend,
+            IMAGE_ID,
+            name="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-lab",
+            architecture="x86_64",
+            root_device_name=ROOT_DEVICE,
+            root_device_type="ebs",
+            virtualization_type="hvm",
+            owner_id="099720109477",
+        )
+        return backend

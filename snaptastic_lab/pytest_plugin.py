@@ -1,0 +1,66 @@
+"""pytest plugin: a private mount namespace for the whole run, and the `lab` fixtures.
+
+Lab tests need root (loop devices, mknod, mount); without it their fixtures skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from snaptastic_lab.namespace import enter_private_namespace
+
+NEED_ROOT = "lab tests need root: loop devices and mounts"
+_namespace_problem: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _namespace_problem
+    if os.geteuid() != 0:
+        return
+    # Before any thread exists: unshare(CLONE_NEWNS) refuses multi-threaded processes.
+    try:
+        enter_private_namespace()
+    except (OSError, Exception) as exc:
+        _namespace_problem = f"lab tests need a private mount namespace: {exc}"
+
+
+def _usable() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(NEED_ROOT)
+    if _namespace_problem:
+        pytest.skip(_namespace_problem)
+
+
+@pytest.fixture
+def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start labs with any options: `lab_factory(device_style="xen", userdata=...)`; all stop at teardown."""
+    _usable()
+    from snaptastic_lab import Lab
+
+    started: list[Lab] = []
+
+    def make(**options: Any) -> Lab:
+        workdir = options.pop("workdir", None) or tmp_path / f"lab{len(started)}"
+        lab = Lab(Path(workdir), **options)
+        started.append(lab)
+        return lab.start()
+
+    yield make
+    for lab in reversed(started):
+        lab.stop()
+
+
+@pytest.fixture
+def lab(lab_factory: Callable[..., Any]) -> Any:
+    """A started lab: Nitro (nvme) devices, the default solr userdata."""
+    return lab_factory(device_style="nvme")
+
+
+@pytest.fixture(params=["xen", "nvme"])
+def device_style(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
