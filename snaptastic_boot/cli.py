@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snaptastic: interrupted", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - the last line of defence, reported as a bug
+    except Exception as exc:
         log.debug("unexpected error", exc_info=True)
         print(f"snaptastic: unexpected error (this is a bug, please report it): {exc!r}", file=sys.stderr)
         if level == "DEBUG":

@@ -1,39 +1,340 @@
-"""The commands: gather inputs, build a plan, print it or apply it."""
+"""The commands: gather inputs (metadata, userdata, settings, EC2 state), build a plan, print it or apply it.
+
+Everything the user can get wrong is checked before the first call that changes anything.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any
 
-from snaptastic_boot.errors import NotImplementedYet
+from snaptastic_boot import settings as settings_mod
+from snaptastic_boot import userdata as userdata_mod
+from snaptastic_boot.errors import BadInput, EnvironmentNotUsable, SnaptasticError
+from snaptastic_boot.imds import ImdsClient, InstanceMetadata
+from snaptastic_boot.model import SnapshotterSpec
+from snaptastic_boot.paths import Paths
+from snaptastic_boot.snapshotter import Snapshotter
+
+log = logging.getLogger("snaptastic")
+
+REQUIRED_TOOLS = ("blkid", "mount", "umount", "fsfreeze", "mkfs.ext4", "resize2fs")
+OPTIONAL_TOOLS = ("mkfs.xfs", "xfs_growfs")
 
 
-def _todo(name: str) -> int:
-    raise NotImplementedYet(f"'{name}' is not implemented yet")
+@dataclass
+class Context:
+    paths: Paths
+    imds: ImdsClient
+    metadata: InstanceMetadata
+    userdata: dict[str, Any]
+    settings: settings_mod.Settings
+
+    def snapshotter(self, name: str) -> tuple[Snapshotter, SnapshotterSpec]:
+        snap = self.settings.snapshotter(name, self.userdata, self.metadata.as_dict())
+        return snap, settings_mod.resolve(snap)
+
+    def ec2(self) -> Any:
+        from snaptastic_boot.ec2 import Ec2
+
+        return Ec2(self.metadata.region)
+
+
+def _context(args: argparse.Namespace) -> Context:
+    settings = settings_mod.load(getattr(args, "config", None))
+    imds = ImdsClient()
+    metadata = imds.instance_metadata()
+    if getattr(args, "userdata", None) is not None:
+        raw: bytes | str | None = args.userdata
+        source = "--userdata"
+    else:
+        raw = imds.user_data()
+        source = "instance userdata"
+    data = userdata_mod.parse(raw)
+    log.debug("userdata from %s: %s", source, userdata_mod.redacted(data))
+    return Context(Paths.from_env(), imds, metadata, data, settings)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin or not sys.stdin.isatty():
+        raise BadInput(f"{question} needs confirmation; there is no terminal to ask: add --yes/--force")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes", "yeay")
+
+
+# -- test -----------------------------------------------------------------------------------------------------
 
 
 def test(args: argparse.Namespace) -> int:
-    return _todo("test")
+    problems: list[str] = []
+    settings = settings_mod.load(args.config)
+    imds = ImdsClient()
+    metadata = imds.instance_metadata()
+    print(f"metadata service: {imds.base} (IMDS{imds.version or 'v2'})")
+    for key, value in metadata.as_dict().items():
+        print(f"  {key}: {value}")
+    raw = args.userdata if args.userdata is not None else imds.user_data()
+    try:
+        data = userdata_mod.parse(raw)
+        print("userdata:")
+        for key, value in userdata_mod.redacted(data).items():
+            print(f"  {key}: {value}")
+    except BadInput as exc:
+        print(f"userdata: PROBLEM: {exc}")
+        problems.append("userdata")
+        data = {}
+    print(f"settings file: {settings.python_source or 'none'}")
+    print(f"config file: {settings.config_source or 'none'}")
+    print(f"snapshotters: {', '.join(settings.names) or 'none'}")
+    for name in settings.names:
+        try:
+            _, spec = Context(Paths.from_env(), imds, metadata, data, settings).snapshotter(name)
+            for v in spec.volumes:
+                print(f"  {name}: {v.device} -> {v.mount_point} ({v.size} GiB {v.volume_type} {v.filesystem})")
+        except BadInput as exc:
+            print(f"  {name}: PROBLEM: {exc}")
+            problems.append(name)
+    try:
+        from snaptastic_boot.ec2 import Ec2
+
+        ec2 = Ec2(metadata.region)
+        instance = ec2.describe_instance(metadata.instance_id)
+        print(f"credentials: ok (EC2 in {metadata.region} sees {instance['InstanceId']}, {instance.get('State', {}).get('Name', '?')})")
+    except SnaptasticError as exc:
+        print(f"credentials: PROBLEM: {exc}")
+        problems.append("credentials")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    optional = [t for t in OPTIONAL_TOOLS if shutil.which(t) is None]
+    print(f"tools: {'ok' if not missing else 'MISSING ' + ', '.join(missing)}"
+          f"{'; without xfs support (install xfsprogs): ' + ', '.join(optional) if optional else ''}")
+    if missing or "credentials" in problems:
+        raise EnvironmentNotUsable(f"not ready: {', '.join(problems + missing)}")
+    if problems:
+        raise BadInput(f"not ready: {', '.join(problems)}")
+    print("all good")
+    return 0
+
+
+# -- list-volumes -----------------------------------------------------------------------------------------------
 
 
 def list_volumes(args: argparse.Namespace) -> int:
-    return _todo("list-volumes")
+    from snaptastic_boot import restore
+    from snaptastic_boot.devices import Devices
+    from snaptastic_boot.ec2 import tags_of
+
+    ctx = _context(args)
+    _, spec = ctx.snapshotter(args.name)
+    ec2 = ctx.ec2()
+    mount_points = [v.mount_point for v in spec.volumes]
+    ours = ec2.describe_volumes(filters=restore.our_volume_filters(ctx.metadata.instance_id, mount_points))
+    completed, pending = restore.newest_snapshots(ec2.describe_snapshots(restore.snapshot_filters(spec)), mount_points)
+    devices = Devices(ctx.paths)
+    rows = []
+    for v in spec.volumes:
+        vols = [x for x in ours if tags_of(x).get("mount_point") == v.mount_point and x.get("State") not in restore.GONE_STATES]
+        mount = devices.mount_at(v.mount_point)
+        snap = completed.get(v.mount_point)
+        rows.append({
+            "mount_point": v.mount_point,
+            "device": v.device,
+            "size": v.size,
+            "volume_type": v.volume_type,
+            "filesystem": v.filesystem,
+            "volume_id": vols[0]["VolumeId"] if vols else None,
+            "volume_state": vols[0]["State"] if vols else "none",
+            "mounted": bool(mount),
+            "newest_snapshot": snap["SnapshotId"] if snap else None,
+            "newest_snapshot_time": str(snap["StartTime"]) if snap else None,
+            "pending_snapshot": pending[v.mount_point]["SnapshotId"] if v.mount_point in pending else None,
+        })
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        state = "mounted" if r["mounted"] else "not mounted"
+        vol = f"{r['volume_id']} ({r['volume_state']})" if r["volume_id"] else "no volume"
+        snap = f"{r['newest_snapshot']} at {r['newest_snapshot_time']}" if r["newest_snapshot"] else "no snapshot"
+        print(f"EBSVolume on {r['mount_point']} from {r['device']} ({r['size']} GiB {r['volume_type']} {r['filesystem']}) "
+              f"is {state}; {vol}; newest {snap}")
+    return 0
+
+
+# -- mount-snapshots ---------------------------------------------------------------------------------------------
 
 
 def mount_snapshots(args: argparse.Namespace) -> int:
-    return _todo("mount-snapshots")
+    from snaptastic_boot import lock, restore
+    from snaptastic_boot.devices import Devices
+
+    pins = restore.parse_pins(args.snapshot)
+    before = restore.parse_time(args.before) if args.before else None
+    ctx = _context(args)
+    snap, spec = ctx.snapshotter(args.name)
+    ec2 = ctx.ec2()
+    devices = Devices(ctx.paths)
+    with lock.exclusive(ctx.paths.lock_file):
+        mount_points = [v.mount_point for v in spec.volumes]
+        snapshots = ec2.describe_snapshots(restore.snapshot_filters(spec))
+        pinned = restore.check_pinned(spec, pins, ec2.describe_snapshots([], snapshot_ids=list(pins.values())) if pins else [],
+                                      args.force)
+        ours = ec2.describe_volumes(filters=restore.our_volume_filters(ctx.metadata.instance_id, mount_points))
+        plan = restore.plan_restore(spec, ctx.metadata.instance_id, ctx.metadata.availability_zone, snapshots, ours,
+                                    devices.mounts(), pinned=pinned, before=before)
+        if args.dry_run:
+            if args.json:
+                _print_json(plan.as_dict())
+            else:
+                print(plan.render())
+            return 0
+        for step in plan.steps:
+            log.info("plan: %s", step.describe())
+        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
+        report = restore.Restorer(ec2, devices, ctx.paths.fstab, hooks=snap).apply(plan, hook_volumes)
+    log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)", report.seconds, ec2.total_calls,
+             ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())))
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for r in report.volumes:
+            what = "formatted, " if r.formatted else ""
+            source = f"from {r.snapshot_id}" if r.snapshot_id else "empty" if r.action == restore.CREATE else r.action
+            print(f"{r.mount_point}: {r.volume_id} on {r.local_device} ({what}{source})")
+    return 0
 
 
-def make_snapshots(args: argparse.Namespace) -> int:
-    return _todo("make-snapshots")
+# -- unmount-snapshots -------------------------------------------------------------------------------------------
 
 
 def unmount_snapshots(args: argparse.Namespace) -> int:
-    return _todo("unmount-snapshots")
+    from snaptastic_boot import lock, unmount
+    from snaptastic_boot.devices import Devices
+
+    ctx = _context(args)
+    snap, spec = ctx.snapshotter(args.name)
+    ec2 = ctx.ec2()
+    devices = Devices(ctx.paths)
+    with lock.exclusive(ctx.paths.lock_file):
+        mount_points = [v.mount_point for v in spec.volumes]
+        from snaptastic_boot.restore import our_volume_filters
+
+        ours = ec2.describe_volumes(filters=our_volume_filters(ctx.metadata.instance_id, mount_points))
+        plan = unmount.plan_unmount(spec, ctx.metadata.instance_id, ours, devices.mounts(), delete=args.delete)
+        if args.dry_run:
+            _print_json(plan.as_dict()) if args.json else print(plan.render())
+            return 0
+        if not args.yes and not _confirm(f"Unmount and detach {', '.join(mount_points)}{' and DELETE the volumes' if args.delete else ''}?"):
+            print("nothing done")
+            return 1
+        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
+        report = unmount.Unmounter(ec2, devices, ctx.paths.fstab, hooks=snap).apply(plan, hook_volumes)
+    if args.json:
+        _print_json(report)
+    else:
+        for line in report["done"]:
+            print(line)
+    return 0
+
+
+# -- make-snapshots ----------------------------------------------------------------------------------------------
+
+
+def make_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot import lock, snapshots
+    from snaptastic_boot.devices import Devices
+
+    ctx = _context(args)
+    snap, spec = ctx.snapshotter(args.name)
+    ec2 = ctx.ec2()
+    devices = Devices(ctx.paths)
+    with lock.exclusive(ctx.paths.lock_file):
+        instance = ec2.describe_instance(ctx.metadata.instance_id)
+        plan = snapshots.plan_snapshots(spec, snap, instance, devices, freeze=not args.no_freeze)
+        plan = snapshots.with_missing_tags(plan, ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets]))
+        if args.dry_run:
+            _print_json(plan.as_dict()) if args.json else print(plan.render())
+            return 0
+        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
+        report = snapshots.Snapshotting(ec2, devices, hooks=snap).apply(plan, hook_volumes, wait=args.wait)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for mp, snap_id in sorted(report.snapshots.items()):
+            print(f"{mp}: {snap_id}")
+        print(f"frozen for {report.freeze_ms:.0f} ms")
+    return 0
+
+
+# -- clean and check-backups ------------------------------------------------------------------------------------
 
 
 def clean(args: argparse.Namespace) -> int:
-    return _todo("clean")
+    from snaptastic_boot import retention
+
+    ctx = _context(args)
+    _, spec = ctx.snapshotter(args.name)
+    ec2 = ctx.ec2()
+    if args.component == "snapshots":
+        keep = args.keep if args.keep is not None else spec.retention.keep
+        plan = retention.plan_snapshot_cleanup(spec, ec2.describe_snapshots(retention.snapshot_filters(spec)), keep)
+        in_use = ec2.images_using_snapshots([d.snapshot_id for d in plan])
+        plan = [d for d in plan if d.snapshot_id not in in_use]
+    else:
+        plan = retention.plan_volume_cleanup(spec, ec2.describe_volumes(filters=retention.volume_filters(spec)))
+    if args.json and args.dry_run:
+        _print_json([d.as_dict() for d in plan])
+        return 0
+    for d in plan:
+        print(f"{'would delete' if args.dry_run else 'delete'} {d.describe()}")
+    if args.dry_run or not plan:
+        if not plan:
+            print(f"no {args.component} to clean")
+        return 0
+    if not args.force and not _confirm(f"Delete {len(plan)} {args.component}?"):
+        print("nothing done")
+        return 1
+    retention.apply(ec2, plan)
+    return 0
 
 
 def check_backups(args: argparse.Namespace) -> int:
-    return _todo("check-backups")
+    from snaptastic_boot import backups
+
+    max_age = backups.parse_age(args.age)
+    ctx = None
+    given = {k: getattr(args, k) for k in ("role", "cluster", "environment") if getattr(args, k)}
+    if len(given) < 3:
+        ctx = _context(args)
+        wanted = {**{k: ctx.userdata.get(k) for k in ("role", "cluster", "environment")}, **given}
+        region = ctx.metadata.region
+    else:
+        wanted = given
+        imds = ImdsClient()
+        region = imds.instance_metadata().region
+    missing = [k for k, v in wanted.items() if not v]
+    if missing:
+        raise BadInput(f"check-backups: --{missing[0]} is needed (not in userdata either)")
+    from snaptastic_boot.ec2 import Ec2
+
+    ec2 = Ec2(region)
+    filters = backups.filters(wanted)
+    result = backups.evaluate(ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}]),
+                              ec2.describe_snapshots(filters), max_age)
+    if args.json:
+        _print_json([r.as_dict() for r in result])
+    else:
+        for r in result:
+            print(r.line())
+        if not result:
+            print("UNKNOWN: no in-use volumes with these tags")
+    return 0 if result and all(r.ok for r in result) else 1

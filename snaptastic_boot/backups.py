@@ -1,0 +1,86 @@
+"""check-backups: is the newest completed snapshot of every in-use mount point young enough?
+
+Start times are compared in code; the original filtered on a single date and missed most snapshots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from snaptastic_boot.ec2 import tag_filters, tags_of
+from snaptastic_boot.errors import BadInput
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> dt.timedelta:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise BadInput(f"--age: '{text}' is not an age; use a number with s, m, h, d or w, like 1d or 12h")
+    return dt.timedelta(seconds=float(m.group(1)) * UNITS[m.group(2) or "s"])
+
+
+def human(delta: dt.timedelta) -> str:
+    secs = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.1f}{unit}"
+    return f"{secs}s"
+
+
+def filters(wanted: dict[str, Any]) -> list[dict[str, Any]]:
+    return tag_filters({k: str(v) for k, v in wanted.items()})
+
+
+@dataclass(frozen=True)
+class Freshness:
+    mount_point: str
+    snapshot_id: str | None
+    age_seconds: float | None
+    max_age_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.age_seconds is not None and self.age_seconds <= self.max_age_seconds
+
+    def line(self) -> str:
+        limit = human(dt.timedelta(seconds=self.max_age_seconds))
+        if self.snapshot_id is None or self.age_seconds is None:
+            return f"CRITICAL {self.mount_point}: no completed snapshot (limit {limit})"
+        age = human(dt.timedelta(seconds=self.age_seconds))
+        return f"{'OK' if self.ok else 'CRITICAL'} {self.mount_point}: newest snapshot {self.snapshot_id} is {age} old (limit {limit})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mount_point": self.mount_point, "snapshot_id": self.snapshot_id, "age_seconds": self.age_seconds,
+                "max_age_seconds": self.max_age_seconds, "ok": self.ok}
+
+
+def _start(snap: dict[str, Any]) -> dt.datetime:
+    value = snap["StartTime"]
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, Any]], max_age: dt.timedelta,
+             now: dt.datetime | None = None) -> list[Freshness]:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    mount_points = sorted({tags_of(v)["mount_point"] for v in volumes if "mount_point" in tags_of(v)})
+    newest: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        mp = tags_of(snap).get("mount_point")
+        if snap.get("State") != "completed" or mp not in mount_points:
+            continue
+        if mp not in newest or _start(snap) > _start(newest[mp]):
+            newest[mp] = snap
+    out = []
+    for mp in mount_points:
+        snap = newest.get(mp)
+        age = (now - _start(snap)).total_seconds() if snap else None
+        out.append(Freshness(mp, snap["SnapshotId"] if snap else None, age, max_age.total_seconds()))
+    return out

@@ -1,0 +1,214 @@
+"""The EC2 API, and the only module that imports boto3.
+
+Each method is one EC2 action (or one paginated action), written as a direct `self._client.<action>(` call so
+the IAM policy check can find every action by reading this file. botocore errors become our errors here.
+Retries use botocore's adaptive mode with a bounded number of attempts, so throttling and 5xx answers are
+absorbed without unbounded waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from snaptastic_boot import __version__
+from snaptastic_boot.errors import AwsError, CredentialsMissing, OperationFailed
+
+log = logging.getLogger("snaptastic.ec2")
+
+MAX_ATTEMPTS = 10
+
+Tags = dict[str, str]
+
+
+def tag_list(tags: Tags) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def tags_of(resource: dict[str, Any]) -> Tags:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
+
+
+def tag_filters(tags: dict[str, Sequence[str] | str]) -> list[dict[str, Any]]:
+    return [
+        {"Name": f"tag:{k}", "Values": [v] if isinstance(v, str) else list(v)}
+        for k, v in sorted(tags.items())
+    ]
+
+
+class Ec2:
+    def __init__(self, region: str, *, client: Any = None) -> None:
+        self.region = region
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        if client is None:
+            client = self._make_client(region)
+        self._client = client
+        self._client.meta.events.register("before-call.ec2", self._count)
+
+    @staticmethod
+    def _make_client(region: str) -> Any:
+        config = Config(
+            region_name=region,
+            retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=64,
+            user_agent_extra=f"snaptastic-boot/{__version__}",
+        )
+        # Older botocore (Debian 12 ships 1.29) does not read AWS_ENDPOINT_URL_EC2 itself.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL") or None
+        session = boto3.session.Session()
+        if session.get_credentials() is None:
+            raise CredentialsMissing(
+                "no AWS credentials found: attach an instance profile (IAM role) to the instance, "
+                "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
+        return session.client("ec2", region_name=region, endpoint_url=endpoint, config=config)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls[model.name] += 1
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise AwsError(action, err.get("Code", "Unknown"), err.get("Message", str(exc))) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise CredentialsMissing(f"EC2 {action}: no AWS credentials found; attach an instance profile") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise OperationFailed(f"EC2 {action} failed: {exc}") from exc
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def describe_snapshots(self, filters: list[dict[str, Any]], snapshot_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Our own snapshots only: OwnerIds=self, so a public or shared snapshot can never be restored."""
+        kwargs: dict[str, Any] = {"OwnerIds": ["self"], "Filters": filters}
+        if snapshot_ids:
+            kwargs["SnapshotIds"] = list(snapshot_ids)
+        out: list[dict[str, Any]] = []
+        with self._translate("DescribeSnapshots"):
+            for page in self._client.get_paginator("describe_snapshots").paginate(**kwargs):
+                out.extend(page.get("Snapshots", []))
+        return out
+
+    def describe_volumes(self, filters: list[dict[str, Any]] | None = None, volume_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {}
+        if filters:
+            kwargs["Filters"] = filters
+        if volume_ids:
+            kwargs["VolumeIds"] = list(volume_ids)
+        out: list[dict[str, Any]] = []
+        with self._translate("DescribeVolumes"):
+            for page in self._client.get_paginator("describe_volumes").paginate(**kwargs):
+                out.extend(page.get("Volumes", []))
+        return out
+
+    def describe_instance(self, instance_id: str) -> dict[str, Any]:
+        with self._translate("DescribeInstances"):
+            resp = self._client.describe_instances(InstanceIds=[instance_id])
+        for reservation in resp.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                return dict(instance)
+        raise OperationFailed(f"EC2 DescribeInstances: instance {instance_id} not found")
+
+    def images_using_snapshots(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
+        """snapshot id -> AMI id, for snapshots that back one of our AMIs (they cannot be deleted)."""
+        if not snapshot_ids:
+            return {}
+        out: dict[str, str] = {}
+        with self._translate("DescribeImages"):
+            resp = self._client.describe_images(
+                Owners=["self"],
+                Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": list(snapshot_ids)}],
+            )
+        for image in resp.get("Images", []):
+            for mapping in image.get("BlockDeviceMappings", []):
+                snap = (mapping.get("Ebs") or {}).get("SnapshotId")
+                if snap:
+                    out[snap] = image["ImageId"]
+        return out
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def create_volume(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._translate("CreateVolume"):
+            return dict(self._client.create_volume(**params))
+
+    def attach_volume(self, volume_id: str, instance_id: str, device: str) -> dict[str, Any]:
+        with self._translate("AttachVolume"):
+            return dict(self._client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device))
+
+    def detach_volume(self, volume_id: str) -> dict[str, Any]:
+        with self._translate("DetachVolume"):
+            return dict(self._client.detach_volume(VolumeId=volume_id))
+
+    def delete_volume(self, volume_id: str) -> None:
+        with self._translate("DeleteVolume"):
+            self._client.delete_volume(VolumeId=volume_id)
+
+    def set_delete_on_termination(self, instance_id: str, devices: dict[str, bool]) -> None:
+        """One ModifyInstanceAttribute call for every device."""
+        if not devices:
+            return
+        mappings = [{"DeviceName": d, "Ebs": {"DeleteOnTermination": flag}} for d, flag in sorted(devices.items())]
+        with self._translate("ModifyInstanceAttribute"):
+            self._client.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=mappings)
+
+    def create_snapshots(
+        self, instance_id: str, exclude_volume_ids: Sequence[str], tags: Tags, description: str
+    ) -> list[dict[str, Any]]:
+        """Crash-consistent snapshots of several volumes of one instance in one call."""
+        params: dict[str, Any] = {
+            "InstanceSpecification": {
+                "InstanceId": instance_id,
+                "ExcludeBootVolume": True,
+                "ExcludeDataVolumeIds": list(exclude_volume_ids),
+            },
+            "Description": description,
+            "CopyTagsFromSource": "volume",
+            "TagSpecifications": [{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
+        }
+        if not exclude_volume_ids:
+            del params["InstanceSpecification"]["ExcludeDataVolumeIds"]
+        with self._translate("CreateSnapshots"):
+            resp = self._client.create_snapshots(**params)
+        return list(resp.get("Snapshots", []))
+
+    def create_snapshot(self, volume_id: str, description: str, tags: Tags) -> dict[str, Any]:
+        with self._translate("CreateSnapshot"):
+            return dict(
+                self._client.create_snapshot(
+                    VolumeId=volume_id,
+                    Description=description,
+                    TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
+                )
+            )
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._translate("DeleteSnapshot"):
+            self._client.delete_snapshot(SnapshotId=snapshot_id)
+
+    def create_tags(self, resource_ids: Sequence[str], tags: Tags) -> None:
+        with self._translate("CreateTags"):
+            self._client.create_tags(Resources=list(resource_ids), Tags=tag_list(tags))
+
+    def supports_initialization_rate(self) -> bool:
+        shape = self._client.meta.service_model.operation_model("CreateVolume").input_shape
+        return "VolumeInitializationRate" in shape.members

@@ -1,0 +1,138 @@
+"""Freeze filesystems for as short a time as possible, and never leave one frozen.
+
+Thaw is guaranteed four ways: the `finally` of the context manager; SIGTERM/SIGINT/SIGHUP handlers that thaw
+before the process goes; a watchdog thread that thaws when the freeze outlives its bound even if the API call
+in the middle hangs; and a guard process, started before the first freeze, that thaws at once if this process
+dies (even by SIGKILL) and at the bound in any case.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Callable
+
+from snaptastic_boot.errors import SnaptasticError
+
+log = logging.getLogger("snaptastic.freeze")
+
+MAX_FREEZE_SECONDS = 30.0
+
+
+@dataclass
+class FreezeWindow:
+    frozen_at: dict[str, float] = field(default_factory=dict)
+    thawed_at: dict[str, float] = field(default_factory=dict)
+    watchdog_fired: bool = False
+
+    @property
+    def max_ms(self) -> float:
+        spans = [(self.thawed_at.get(mp, time.monotonic()) - t) * 1000 for mp, t in self.frozen_at.items()]
+        return max(spans, default=0.0)
+
+
+class _Thawer:
+    def __init__(self, thaw: Callable[[str], None], window: FreezeWindow) -> None:
+        self._thaw = thaw
+        self.window = window
+        self.lock = threading.Lock()
+
+    def thaw_all(self, reason: str) -> None:
+        with self.lock:
+            for mp in reversed(list(self.window.frozen_at)):
+                if mp in self.window.thawed_at:
+                    continue
+                try:
+                    self._thaw(mp)
+                except SnaptasticError as exc:
+                    log.error("could not thaw %s (%s): %s", mp, reason, exc)
+                    continue
+                self.window.thawed_at[mp] = time.monotonic()
+                log.debug("thawed %s (%s)", mp, reason)
+
+
+@contextmanager
+def frozen(
+    mount_points: Sequence[str],
+    freeze: Callable[[str], None],
+    thaw: Callable[[str], None],
+    max_seconds: float = MAX_FREEZE_SECONDS,
+) -> Iterator[FreezeWindow]:
+    window = FreezeWindow()
+    thawer = _Thawer(thaw, window)
+    stop = threading.Event()
+
+    def watchdog() -> None:
+        if not stop.wait(max_seconds):
+            window.watchdog_fired = True
+            log.error("filesystems frozen for more than %.0fs; thawing now (the snapshot may only be crash-consistent)", max_seconds)
+            thawer.thaw_all("watchdog")
+
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        thawer.thaw_all(f"signal {signum}")
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        raise SystemExit(128 + signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, on_signal)
+    dog = threading.Thread(target=watchdog, name="thaw-watchdog", daemon=True)
+    guard = _start_guard(mount_points, max_seconds)
+    try:
+        dog.start()
+        for mp in mount_points:
+            with thawer.lock:
+                freeze(mp)
+                window.frozen_at[mp] = time.monotonic()
+        yield window
+    finally:
+        stop.set()
+        thawer.thaw_all("done")
+        if guard is not None:
+            guard.kill()
+            guard.wait()
+        if in_main:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("freeze window %.0f ms for %d filesystem(s)", window.max_ms, len(window.frozen_at))
+
+
+def _start_guard(mount_points: Sequence[str], max_seconds: float) -> subprocess.Popen[bytes] | None:
+    argv = [sys.executable, "-m", "snaptastic_boot.freeze", str(os.getpid()), str(max_seconds), *mount_points]
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        log.warning("could not start the thaw guard process (%s); relying on the in-process watchdog", exc)
+        return None
+
+
+def _guard(parent: int, max_seconds: float, mount_points: Sequence[str]) -> None:
+    """Wait while the parent lives and the bound is not reached; then thaw (thawing twice is harmless)."""
+    from snaptastic_boot.devices import Devices
+
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline and os.getppid() == parent:
+        time.sleep(0.05)
+    for mp in mount_points:
+        try:
+            Devices.thaw(mp)
+        except SnaptasticError:
+            pass
+
+
+if __name__ == "__main__":
+    _guard(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:])

@@ -1,0 +1,156 @@
+"""Instance metadata (IMDS): IMDSv2 tokens first, IMDSv1 only where the token call is not supported.
+
+The base URL comes from the standard AWS_EC2_METADATA_SERVICE_ENDPOINT, so IPv6 IMDS and the lab work.
+IMDS can be slow or absent for the first seconds of boot: every call has a short timeout and a bounded list
+of backoff sleeps. The token is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from snaptastic_boot.errors import MetadataUnavailable
+
+log = logging.getLogger("snaptastic.imds")
+
+DEFAULT_ENDPOINT = "http://169.254.169.254/"
+TOKEN_TTL_SECONDS = 21600
+CONNECT_TIMEOUT = 1.0
+READ_TIMEOUT = 2.0
+# About 30 s in all: long enough for IMDS to come up early in boot, short enough to fail clearly.
+BACKOFF_SLEEPS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0)
+
+
+@dataclass(frozen=True)
+class InstanceMetadata:
+    instance_id: str
+    region: str
+    availability_zone: str
+    instance_type: str
+    account_id: str = ""
+    image_id: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "instance-id": self.instance_id,
+            "region": self.region,
+            "availability-zone": self.availability_zone,
+            "instance-type": self.instance_type,
+            "account-id": self.account_id,
+            "ami-id": self.image_id,
+        }
+
+
+class _TokenUnsupported(Exception):
+    pass
+
+
+class ImdsClient:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        sleeps: Sequence[float] = BACKOFF_SLEEPS,
+        session: requests.Session | None = None,
+    ) -> None:
+        base = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
+        self.base = base.rstrip("/") + "/"
+        self.sleeps = tuple(sleeps)
+        self.session = session or requests.Session()
+        self._token: str | None = None
+        self.version: str | None = None  # "v2" or "v1" once known
+
+    # -- public reads -------------------------------------------------------------------------------------
+
+    def instance_metadata(self) -> InstanceMetadata:
+        doc_text = self.get("latest/dynamic/instance-identity/document")
+        if doc_text is None:
+            raise MetadataUnavailable("instance identity document not found in the metadata service")
+        try:
+            doc: dict[str, Any] = json.loads(doc_text)
+            return InstanceMetadata(
+                instance_id=doc["instanceId"],
+                region=doc["region"],
+                availability_zone=doc["availabilityZone"],
+                instance_type=doc.get("instanceType", ""),
+                account_id=doc.get("accountId", ""),
+                image_id=doc.get("imageId", ""),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MetadataUnavailable(f"instance identity document is not usable: {exc!r}") from exc
+
+    def user_data(self) -> bytes | None:
+        """Raw userdata, or None when the instance has none (IMDS answers 404)."""
+        return self.get_bytes("latest/user-data")
+
+    # -- protocol ------------------------------------------------------------------------------------------
+
+    def get(self, path: str) -> str | None:
+        data = self.get_bytes(path)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def get_bytes(self, path: str) -> bytes | None:
+        url = self.base + path
+        last_error = "no answer"
+        for attempt, sleep in enumerate((*self.sleeps, None)):
+            try:
+                headers = self._auth_headers()
+                resp = self.session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+                if resp.status_code == 401 and self.version == "v2":
+                    # Token expired or the service restarted: get a new one and try again.
+                    self._token = None
+                    last_error = "token rejected (401)"
+                elif resp.status_code == 404:
+                    return None
+                elif resp.status_code == 403:
+                    raise MetadataUnavailable(f"metadata service refused {path} (403): IMDS may be disabled for this instance")
+                elif resp.status_code == 200:
+                    return resp.content
+                else:
+                    last_error = f"HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                last_error = type(exc).__name__
+            if sleep is None:
+                break
+            log.debug("metadata %s: %s; retry %d in %.1fs", path, last_error, attempt + 1, sleep)
+            time.sleep(sleep)
+        raise MetadataUnavailable(
+            f"metadata service at {self.base} did not answer {path} ({last_error}); "
+            "is this an EC2 instance? (set AWS_EC2_METADATA_SERVICE_ENDPOINT to use another endpoint)"
+        )
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.version == "v1":
+            return {}
+        if self._token is None:
+            try:
+                self._token = self._fetch_token()
+                self.version = "v2"
+            except _TokenUnsupported:
+                log.warning("metadata service does not support IMDSv2 tokens; using IMDSv1")
+                self.version = "v1"
+                return {}
+        return {"X-aws-ec2-metadata-token": self._token}
+
+    def _fetch_token(self) -> str:
+        resp = self.session.put(
+            self.base + "latest/api/token",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
+            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+        )
+        if resp.status_code in (404, 405):
+            raise _TokenUnsupported()
+        if resp.status_code == 403:
+            raise MetadataUnavailable("metadata service refused a token (403): IMDS may be disabled for this instance")
+        if resp.status_code != 200:
+            # 5xx and the like: let the caller's retry loop handle it.
+            raise requests.RequestException(f"token call answered HTTP {resp.status_code}")
+        return resp.text.strip()

@@ -1,0 +1,125 @@
+"""The internal model both configuration forms produce, and the checks EC2 and the OS would otherwise fail late."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+DEFAULT_FILTER_KEYS = ("role", "cluster", "environment")
+FILESYSTEMS = ("ext4", "xfs")
+VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
+
+# Device names EC2 accepts for EBS data volumes on Linux (the root device is /dev/sda1 or /dev/xvda).
+DEVICE_RE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|xvd[b-c][a-z])$")
+MOUNT_OPTIONS_RE = re.compile(r"^[A-Za-z0-9_=,.:/@+-]+$")
+MOUNT_POINT_RE = re.compile(r"^/[A-Za-z0-9_.:@+=,/-]*$")
+SYSTEM_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin", "/sys", "/usr")
+SYSTEM_EXACT = ("/", "/var", "/tmp", "/root", "/home", "/mnt", "/media", "/opt", "/srv")
+
+# (min, max) size in GiB; iops and throughput ranges per type, None where the type takes none.
+SIZE_LIMITS = {
+    "gp3": (1, 16384), "gp2": (1, 16384), "io1": (4, 16384), "io2": (4, 65536),
+    "st1": (125, 16384), "sc1": (125, 16384), "standard": (1, 1024),
+}
+IOPS_LIMITS = {"gp3": (3000, 16000), "io1": (100, 64000), "io2": (100, 256000)}
+THROUGHPUT_LIMITS = {"gp3": (125, 1000)}
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    device: str
+    mount_point: str
+    size: int
+    filesystem: str = "ext4"
+    volume_type: str = "gp3"
+    iops: int | None = None
+    throughput: int | None = None
+    encrypted: bool = False
+    kms_key_id: str | None = None
+    mount_options: str = "defaults"
+    delete_on_termination: bool = True
+    initialization_rate: int | None = None
+
+
+@dataclass(frozen=True)
+class Retention:
+    days: float = 7
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class SnapshotterSpec:
+    """What a snapshotter asks for, independent of whether it came from Python or JSON."""
+
+    name: str
+    volumes: tuple[VolumeSpec, ...]
+    filter_tags: dict[str, str]
+    retention: Retention = field(default_factory=Retention)
+    pending_snapshot_wait: float = 600.0
+    description_format: str = "%(cluster)s snapshot of %(mount_point)s"
+
+
+def volume_problems(volumes: Iterable[VolumeSpec], where: str = "volumes") -> list[tuple[str, str]]:
+    """Every problem with a list of volumes as (path, message); empty when they are fine."""
+    problems: list[tuple[str, str]] = []
+    seen_mounts: dict[str, int] = {}
+    seen_devices: dict[str, int] = {}
+    for i, v in enumerate(volumes):
+        at = f"{where}[{i}]"
+        problems += [(f"{at}.{key}", msg) for key, msg in _one_volume(v)]
+        mount = posixpath.normpath(v.mount_point) if v.mount_point.startswith("/") else v.mount_point
+        for key, value, seen in (("mount_point", mount, seen_mounts), ("device", _canonical_device(v.device), seen_devices)):
+            if value in seen:
+                problems.append((f"{at}.{key}", f"duplicate of {where}[{seen[value]}].{key}; give each volume its own"))
+            else:
+                seen[value] = i
+        for other, j in seen_mounts.items():
+            if j != i and (mount.startswith(other.rstrip("/") + "/") or other.startswith(mount.rstrip("/") + "/")):
+                problems.append((f"{at}.mount_point", f"nested with {where}[{j}].mount_point; mount points must not contain each other"))
+    return problems
+
+
+def _canonical_device(device: str) -> str:
+    return device.replace("/dev/xvd", "/dev/sd", 1)
+
+
+def _one_volume(v: VolumeSpec) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if not DEVICE_RE.match(v.device):
+        out.append(("device", f"'{v.device}' is not a device name EC2 accepts for a data volume; use /dev/sdf to /dev/sdp"))
+    mp = v.mount_point
+    if not mp.startswith("/"):
+        out.append(("mount_point", f"'{mp}' must be an absolute path like /mnt/data"))
+    elif ".." in mp.split("/"):
+        out.append(("mount_point", f"'{mp}' must not contain '..'"))
+    elif posixpath.normpath(mp) != mp:
+        out.append(("mount_point", f"'{mp}' is not normalised; write {posixpath.normpath(mp)}"))
+    elif not MOUNT_POINT_RE.match(mp):
+        out.append(("mount_point", f"'{mp}' has characters that are not allowed (spaces, quotes, #, control characters)"))
+    elif mp in SYSTEM_EXACT or any(mp == p or mp.startswith(p + "/") for p in SYSTEM_PATHS):
+        out.append(("mount_point", f"'{mp}' is a system path; use a directory of its own like /mnt/data or /var/lib/app"))
+    if v.filesystem not in FILESYSTEMS:
+        out.append(("filesystem", f"must be one of {', '.join(FILESYSTEMS)}"))
+    if v.volume_type not in VOLUME_TYPES:
+        out.append(("volume_type", f"must be one of {', '.join(VOLUME_TYPES)}"))
+        return out
+    low, high = SIZE_LIMITS[v.volume_type]
+    if not isinstance(v.size, int) or isinstance(v.size, bool) or not low <= v.size <= high:
+        out.append(("size", f"must be a whole number of GiB from {low} to {high} for {v.volume_type}"))
+    for key, value, limits in (("iops", v.iops, IOPS_LIMITS), ("throughput", v.throughput, THROUGHPUT_LIMITS)):
+        if value is None:
+            continue
+        if v.volume_type not in limits:
+            takers = ", ".join(limits)
+            out.append((key, f"{v.volume_type} volumes take no {key}; remove it or use {takers}"))
+        elif not limits[v.volume_type][0] <= value <= limits[v.volume_type][1]:
+            out.append((key, f"must be from {limits[v.volume_type][0]} to {limits[v.volume_type][1]} for {v.volume_type}"))
+    if v.volume_type in ("io1", "io2") and v.iops is None:
+        out.append(("iops", f"{v.volume_type} volumes need iops"))
+    if not MOUNT_OPTIONS_RE.match(v.mount_options or ""):
+        out.append(("mount_options", "must be a comma-separated list of plain options like defaults,noatime"))
+    if v.kms_key_id and not v.encrypted:
+        out.append(("kms_key_id", "needs \"encrypted\": true"))
+    return out

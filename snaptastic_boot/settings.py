@@ -1,0 +1,156 @@
+"""Find the snapshotters: the original Python settings file and the declarative JSON config.
+
+Python settings, first found wins (as in the original): module `snaptastic_settings` on sys.path,
+`/etc/snaptastic_settings.py`, `/etc/snaptastic/snaptastic_settings.py`.
+JSON config: `--config PATH`, else `$SNAPTASTIC_CONFIG`, else `/etc/snaptastic/snaptastic.json` if it exists.
+Both may exist; a name defined in both is an error rather than a silent choice.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snaptastic_boot.errors import BadInput, ValidationFailed
+from snaptastic_boot.model import SnapshotterSpec, volume_problems
+from snaptastic_boot.snapshotter import REGISTRY, ConfiguredSnapshotter, Snapshotter
+from snaptastic_boot.userdata import validate_keys
+from snaptastic_boot.validation import load_schema, validate
+
+log = logging.getLogger("snaptastic.settings")
+
+SETTINGS_FILES = (Path("/etc/snaptastic_settings.py"), Path("/etc/snaptastic/snaptastic_settings.py"))
+DEFAULT_CONFIG = Path("/etc/snaptastic/snaptastic.json")
+
+
+class ConfigError(BadInput):
+    pass
+
+
+@dataclass
+class Settings:
+    python_source: str | None = None
+    config_source: str | None = None
+    python_classes: dict[str, type[Snapshotter]] = field(default_factory=dict)
+    json_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({*self.python_classes, *self.json_entries})
+
+    def snapshotter(self, name: str, userdata: dict[str, Any], metadata: dict[str, Any]) -> Snapshotter:
+        if name in self.python_classes:
+            return self.python_classes[name](userdata=userdata, metadata=metadata)
+        if name in self.json_entries:
+            return ConfiguredSnapshotter(name, self.json_entries[name], userdata=userdata, metadata=metadata)
+        known = self.names
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        where = ", ".join(s for s in (self.python_source, self.config_source) if s) or "no settings file or config found"
+        raise BadInput(
+            f"snapshotter '{name}' is not defined; {hint}known: {', '.join(known) or 'none'} (from {where})"
+        )
+
+
+def load(config_path: str | None = None) -> Settings:
+    settings = Settings()
+    _load_python(settings)
+    explicit = config_path or os.environ.get("SNAPTASTIC_CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    if explicit or path.exists():
+        settings.config_source = str(path)
+        settings.json_entries = load_json_config(path)
+    both = sorted(set(settings.python_classes) & set(settings.json_entries))
+    if both:
+        raise ConfigError(
+            f"snapshotter {', '.join(both)} is defined both in {settings.python_source} and in {settings.config_source}; keep one"
+        )
+    return settings
+
+
+def _load_python(settings: Settings) -> None:
+    before = dict(REGISTRY)
+    REGISTRY.clear()
+    try:
+        source = _import_settings()
+        settings.python_source = source
+        settings.python_classes = dict(REGISTRY)
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(before)
+
+
+def _import_settings() -> str | None:
+    if importlib.util.find_spec("snaptastic_settings") is not None:
+        try:
+            module = importlib.import_module("snaptastic_settings")
+        except Exception as exc:
+            raise ConfigError(f"settings module snaptastic_settings failed to load: {_describe(exc)}") from exc
+        return str(getattr(module, "__file__", "snaptastic_settings"))
+    for path in SETTINGS_FILES:
+        if path.exists():
+            spec = importlib.util.spec_from_file_location("snaptastic_settings", path)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"settings file {path} cannot be loaded")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["snaptastic_settings"] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise ConfigError(f"settings file {path} failed to load: {_describe(exc)}") from exc
+            return str(path)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load_json_config(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config: {path} not found; create it or point --config/SNAPTASTIC_CONFIG at the right file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"config: {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    validate(data, load_schema("config.schema.json"), "config")
+    entries: dict[str, dict[str, Any]] = data["snapshotters"]
+    for name, entry in entries.items():
+        snap = ConfiguredSnapshotter(name, entry)
+        problems = volume_problems([v.spec() for v in snap.get_volumes()], where=f"snapshotters.{name}.volumes")
+        if problems:
+            raise ValidationFailed("config", problems)
+    return entries
+
+
+def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
+    """The snapshotter's plain-data spec; bad userdata or volumes become BadInput naming the field."""
+    if isinstance(snapshotter, ConfiguredSnapshotter):
+        validate_keys(snapshotter.userdata, snapshotter.filter_keys())
+    try:
+        spec = snapshotter.spec()
+    except KeyError as exc:
+        raise BadInput(f"userdata.{exc.args[0]}: missing; snapshotter '{snapshotter.name}' filters on it") from exc
+    validate_keys(spec.filter_tags, spec.filter_tags.keys())
+    if "mount_point" in spec.filter_tags:
+        raise BadInput(f"snapshotter '{spec.name}': get_filter_tags() must not return mount_point; it is added per volume")
+    problems = volume_problems(spec.volumes, where=f"snapshotter '{spec.name}' volumes")
+    if problems:
+        raise ValidationFailed("settings", problems)
+    if not spec.volumes:
+        raise BadInput(f"snapshotter '{spec.name}': get_volumes() returned no volumes")
+    return spec

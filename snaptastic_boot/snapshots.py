@@ -1,0 +1,202 @@
+"""make-snapshots: find the volume behind each mount point, freeze them all, snapshot in one call, thaw.
+
+One CreateSnapshots call covers every volume (crash-consistent across volumes, and the freeze stays one API
+round trip wide whatever their number). Tags are copied from each volume, so each snapshot carries its own
+mount_point; the tags the next boot searches for are made sure of on the volume before the freeze.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from snaptastic_boot import waits
+from snaptastic_boot.devices import Devices
+from snaptastic_boot.ec2 import Ec2, tags_of
+from snaptastic_boot.errors import AwsError, BadInput, OperationFailed, UnsafeOperation
+from snaptastic_boot.freeze import MAX_FREEZE_SECONDS, frozen
+from snaptastic_boot.model import SnapshotterSpec
+
+log = logging.getLogger("snaptastic.snapshots")
+
+# CreateSnapshots can be refused by policy or unsupported; then each volume gets CreateSnapshot.
+FALLBACK_CODES = ("UnauthorizedOperation", "AccessDenied", "UnsupportedOperation", "InvalidParameterCombination",
+                  "OperationNotPermitted")
+SNAPSHOT_WAIT = 3600.0
+
+
+@dataclass(frozen=True)
+class Target:
+    mount_point: str
+    volume_id: str
+    device: str
+    local_device: str
+    missing_tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    snapshotter: str
+    instance_id: str
+    targets: tuple[Target, ...]
+    exclude_volume_ids: tuple[str, ...]
+    tags: dict[str, str]
+    description: str
+    freeze: bool
+    expires: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        lines = [f"snapshot plan for snapshotter '{self.snapshotter}' on {self.instance_id}:"]
+        for t in self.targets:
+            extra = f"; first tag the volume with {t.missing_tags}" if t.missing_tags else ""
+            lines.append(f"  {t.mount_point}: {t.volume_id} ({t.device}, {t.local_device}){extra}")
+        lines.append(f"  {'freeze all, ' if self.freeze else ''}one CreateSnapshots call excluding the boot volume"
+                     f"{' and ' + ', '.join(self.exclude_volume_ids) if self.exclude_volume_ids else ''}")
+        lines.append(f"  tags: {self.tags} + mount_point per volume; expires {self.expires}")
+        return "\n".join(lines)
+
+
+@dataclass
+class SnapshotReport:
+    snapshotter: str
+    snapshots: dict[str, str]
+    freeze_ms: float
+    api_ms: float
+    watchdog_fired: bool
+    fallback: bool
+    api_calls: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_snapshots(spec: SnapshotterSpec, snapshotter: Any, instance: dict[str, Any], devices: Devices,
+                   freeze: bool = True, now: dt.datetime | None = None) -> SnapshotPlan:
+    """Map each configured mount point to its EBS volume through the instance's block device mapping."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    instance_id = instance["InstanceId"]
+    root_device = instance.get("RootDeviceName", "")
+    mappings = [(m["DeviceName"], m["Ebs"]["VolumeId"]) for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]
+    root_mount = devices.mount_at("/")
+    mounts = {m.mount_point: m for m in devices.mounts()}
+    local = {vid: devices.find(vid, dev) for dev, vid in mappings}
+    targets: list[Target] = []
+    for v in spec.volumes:
+        mount = mounts.get(v.mount_point)
+        if mount is None:
+            raise OperationFailed(f"{v.mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)")
+        if v.mount_point == "/" or (root_mount is not None and mount.major_minor == root_mount.major_minor):
+            raise UnsafeOperation(f"{v.mount_point} is the root filesystem; refusing to freeze it")
+        match = [(dev, vid) for dev, vid in mappings
+                 if local.get(vid) is not None and devices.major_minor(local[vid]) == mount.major_minor]  # type: ignore[arg-type]
+        if not match:
+            raise OperationFailed(f"{v.mount_point} is mounted from {mount.source}, which is not an EBS volume attached to {instance_id}")
+        dev, vid = match[0]
+        if dev == root_device:
+            raise UnsafeOperation(f"{v.mount_point} is on the boot volume {vid}; refusing to freeze it")
+        devices.verify_identity(local[vid], vid)  # type: ignore[arg-type]
+        targets.append(Target(v.mount_point, vid, dev, str(local[vid]), {}))
+    wanted = {t.volume_id for t in targets}
+    exclude = tuple(sorted(vid for dev, vid in mappings if vid not in wanted and dev != root_device))
+    expires = now + dt.timedelta(days=spec.retention.days)
+    tags = {**spec.filter_tags, "instance_id": instance_id, "created": iso(now), "expires": iso(expires)}
+    description = _description(snapshotter, spec, [t.mount_point for t in targets])
+    return SnapshotPlan(spec.name, instance_id, tuple(targets), exclude, tags, description, freeze, iso(expires))
+
+
+def _description(snapshotter: Any, spec: SnapshotterSpec, mount_points: Sequence[str]) -> str:
+    vols = [v for v in snapshotter.get_volumes() if v.mount_point in mount_points] if snapshotter else []
+    if len(vols) == 1:
+        text = str(snapshotter.get_snapshot_description(vols[0]))
+    else:
+        values = {**getattr(snapshotter, "userdata", {}), "mount_point": " ".join(mount_points)}
+        try:
+            text = (spec.description_format % values).replace("_", "-")
+        except (KeyError, ValueError, TypeError):
+            text = f"snapshot of {' '.join(mount_points)}"
+    return text[:255]
+
+
+def with_missing_tags(plan: SnapshotPlan, volumes: Sequence[dict[str, Any]]) -> SnapshotPlan:
+    """Volumes made by hand or by an old tool may lack our tags; they must carry them to be copied."""
+    by_id = {v["VolumeId"]: tags_of(v) for v in volumes}
+    targets = []
+    filter_keys = [k for k in plan.tags if k not in ("instance_id", "created", "expires")]
+    for t in plan.targets:
+        have = by_id.get(t.volume_id, {})
+        want = {**{k: plan.tags[k] for k in filter_keys}, "mount_point": t.mount_point}
+        missing = {k: v for k, v in want.items() if have.get(k) != v}
+        targets.append(Target(t.mount_point, t.volume_id, t.device, t.local_device, missing))
+    return SnapshotPlan(plan.snapshotter, plan.instance_id, tuple(targets), plan.exclude_volume_ids, plan.tags,
+                        plan.description, plan.freeze, plan.expires)
+
+
+class Snapshotting:
+    def __init__(self, ec2: Ec2, devices: Devices, hooks: Any = None, max_freeze: float = MAX_FREEZE_SECONDS) -> None:
+        self.ec2 = ec2
+        self.devices = devices
+        self.hooks = hooks
+        self.max_freeze = max_freeze
+
+    def apply(self, plan: SnapshotPlan, hook_volumes: dict[str, Any], wait: bool = False) -> SnapshotReport:
+        if not plan.targets:
+            raise BadInput(f"snapshotter '{plan.snapshotter}' has no volumes to snapshot")
+        vols = [hook_volumes[t.mount_point] for t in plan.targets if t.mount_point in hook_volumes]
+        for t in plan.targets:
+            # A run killed while frozen leaves the filesystem frozen until someone thaws it: do that first.
+            self.devices.thaw(t.mount_point)
+            if t.missing_tags:
+                log.info("tagging %s with %s so its snapshot can be found", t.volume_id, t.missing_tags)
+                self.ec2.create_tags([t.volume_id], t.missing_tags)
+        self._hook("pre_snapshots", vols)
+        for t in plan.targets:
+            if t.mount_point in hook_volumes:
+                self._hook("pre_snapshot", hook_volumes[t.mount_point])
+        mount_points = [t.mount_point for t in plan.targets] if plan.freeze else []
+        fallback = False
+        api_started = api_done = 0.0
+        with frozen(mount_points, self.devices.freeze, self.devices.thaw, self.max_freeze) as window:
+            api_started = time.monotonic()
+            try:
+                made = self.ec2.create_snapshots(plan.instance_id, plan.exclude_volume_ids, plan.tags, plan.description)
+            except AwsError as exc:
+                if exc.code not in FALLBACK_CODES:
+                    raise
+                log.warning("CreateSnapshots refused (%s); taking one snapshot per volume", exc.code)
+                fallback = True
+                made = [self.ec2.create_snapshot(t.volume_id, plan.description, {**plan.tags, "mount_point": t.mount_point})
+                        for t in plan.targets]
+            api_done = time.monotonic()
+        by_volume = {s["VolumeId"]: s["SnapshotId"] for s in made}
+        result = {t.mount_point: by_volume[t.volume_id] for t in plan.targets if t.volume_id in by_volume}
+        lost = [t.mount_point for t in plan.targets if t.volume_id not in by_volume]
+        if lost:
+            raise OperationFailed(f"EC2 returned no snapshot for {', '.join(lost)}")
+        for t in plan.targets:
+            log.info("snapshot %s of %s (%s)", result[t.mount_point], t.mount_point, t.volume_id)
+            if t.mount_point in hook_volumes:
+                self._hook("post_snapshot", hook_volumes[t.mount_point])
+        self._hook("post_snapshots", vols)
+        if wait:
+            waits.until("snapshots completed", list(result.values()),
+                        lambda ids: {s["SnapshotId"]: s for s in self.ec2.describe_snapshots([], snapshot_ids=ids)},
+                        lambda s: s.get("State") == "completed",
+                        failed=lambda s: "failed" if s.get("State") == "error" else None,
+                        limit=waits.timeout(SNAPSHOT_WAIT))
+        return SnapshotReport(plan.snapshotter, result, round(window.max_ms, 1), round((api_done - api_started) * 1000, 1),
+                              window.watchdog_fired, fallback, dict(self.ec2.calls))
+
+    def _hook(self, name: str, arg: Any) -> None:
+        if self.hooks is not None:
+            getattr(self.hooks, name)(arg)

@@ -1,0 +1,195 @@
+"""The settings-file API of the original snaptastic: `Snapshotter` subclasses and `EBSVolume`.
+
+A settings file written for the original tool keeps working:
+
+    from snaptastic_boot import Snapshotter, EBSVolume
+
+    class SolrSnapshotter(Snapshotter):
+        name = 'solr'
+
+        def get_volumes(self):
+            return [EBSVolume('/dev/sdf', '/mnt/solr', size=20)]
+
+Subclasses register themselves by `name`. The agent turns an instance into a `SnapshotterSpec` (see `spec`),
+so the Python and JSON forms feed the same planning code; hooks are called around the same steps as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from snaptastic_boot.model import DEFAULT_FILTER_KEYS, Retention, SnapshotterSpec, VolumeSpec
+
+REGISTRY: dict[str, type[Snapshotter]] = {}
+
+
+class EBSVolume:
+    """A volume a snapshotter wants: device name, mount point, size in GiB and how to make it."""
+
+    def __init__(
+        self,
+        device: str,
+        mount_point: str,
+        size: int = 5,
+        delete_on_termination: bool = True,
+        file_system: Any = "ext4",
+        mount_options: str = "defaults",
+        iops: int | None = None,
+        volume_type: str = "gp3",
+        throughput: int | None = None,
+        encrypted: bool = False,
+        kms_key_id: str | None = None,
+        initialization_rate: int | None = None,
+        filesystem: str | None = None,
+    ) -> None:
+        self.device = device
+        self.mount_point = mount_point
+        self.size = size
+        self.delete_on_termination = delete_on_termination
+        # The original took a class with a `name` attribute (FILESYSTEMS.XFS); a plain string works too.
+        fs = filesystem if filesystem is not None else file_system
+        self.file_system = str(getattr(fs, "name", fs)).lower()
+        self.mount_options = mount_options
+        self.iops = iops
+        self.volume_type = volume_type
+        self.throughput = throughput
+        self.encrypted = encrypted
+        self.kms_key_id = kms_key_id
+        self.initialization_rate = initialization_rate
+
+    def __repr__(self) -> str:
+        return f"EBSVolume({self.device!r}, {self.mount_point!r}, size={self.size})"
+
+    def spec(self) -> VolumeSpec:
+        return VolumeSpec(
+            device=self.device,
+            mount_point=self.mount_point,
+            size=self.size,
+            filesystem=self.file_system,
+            volume_type=self.volume_type,
+            iops=self.iops,
+            throughput=self.throughput,
+            encrypted=self.encrypted,
+            kms_key_id=self.kms_key_id,
+            mount_options=self.mount_options,
+            delete_on_termination=self.delete_on_termination,
+            initialization_rate=self.initialization_rate,
+        )
+
+
+class Snapshotter:
+    """Subclass this in a settings file; override `get_volumes` and, if needed, `get_filter_tags` and hooks."""
+
+    name: ClassVar[str | None] = None
+    SNAPSHOT_EXPIRY_DAYS: ClassVar[float] = 7
+    KEEP_SNAPSHOTS: ClassVar[int] = 3
+    PENDING_SNAPSHOT_WAIT: ClassVar[float] = 600.0
+    # Example: "solr-prod snapshot of /mnt/solr"
+    SNAPSHOT_DESCRIPTION_FORMAT: ClassVar[str] = "%(cluster)s snapshot of %(mount_point)s"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str) and name:
+            REGISTRY[name] = cls
+
+    def __init__(
+        self,
+        userdata: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        connection: Any = None,
+        bdm: Any = None,
+    ) -> None:
+        self.userdata: dict[str, Any] = dict(userdata or {})
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.con = connection
+        self.bdm = bdm
+
+    # -- what to customise ---------------------------------------------------------------------------------
+
+    def get_volumes(self) -> list[EBSVolume]:
+        raise NotImplementedError(f"{type(self).__name__}.get_volumes() must return a list of EBSVolume")
+
+    def get_filter_tags(self) -> dict[str, str]:
+        """Tags that find this snapshotter's snapshots; mount_point is always added."""
+        return {key: self.userdata[key] for key in DEFAULT_FILTER_KEYS}
+
+    def get_snapshot_description(self, vol: EBSVolume) -> str:
+        values = {**self.userdata, "mount_point": vol.mount_point}
+        try:
+            return (self.SNAPSHOT_DESCRIPTION_FORMAT % values).replace("_", "-")
+        except (KeyError, ValueError, TypeError):
+            return f"snapshot of {vol.mount_point}"
+
+    # -- hooks, called as in the original ------------------------------------------------------------------
+
+    def pre_mounts(self, volumes: list[EBSVolume]) -> None: ...
+
+    def post_mounts(self, volumes: list[EBSVolume]) -> None: ...
+
+    def pre_mount(self, vol: EBSVolume) -> None: ...
+
+    def post_mount(self, vol: EBSVolume) -> None: ...
+
+    def pre_unmounts(self, volumes: list[EBSVolume]) -> None: ...
+
+    def post_unmounts(self, volumes: list[EBSVolume]) -> None: ...
+
+    def pre_unmount(self, vol: EBSVolume) -> None: ...
+
+    def post_unmount(self, vol: EBSVolume) -> None: ...
+
+    def pre_snapshots(self, volumes: list[EBSVolume]) -> None: ...
+
+    def post_snapshots(self, volumes: list[EBSVolume]) -> None: ...
+
+    def pre_snapshot(self, vol: EBSVolume) -> None: ...
+
+    def post_snapshot(self, vol: EBSVolume) -> None: ...
+
+    # -- shortcuts kept from the original ------------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.metadata.get("instance-id", ""))
+
+    @property
+    def availability_zone(self) -> str:
+        return str(self.metadata.get("availability-zone", ""))
+
+    def spec(self) -> SnapshotterSpec:
+        """The plain-data view the planner works from (validated by the caller)."""
+        return SnapshotterSpec(
+            name=str(self.name),
+            volumes=tuple(v.spec() for v in self.get_volumes()),
+            filter_tags={str(k): str(v) for k, v in self.get_filter_tags().items()},
+            retention=Retention(days=self.SNAPSHOT_EXPIRY_DAYS, keep=self.KEEP_SNAPSHOTS),
+            pending_snapshot_wait=self.PENDING_SNAPSHOT_WAIT,
+            description_format=self.SNAPSHOT_DESCRIPTION_FORMAT,
+        )
+
+
+class ConfiguredSnapshotter(Snapshotter):
+    """A snapshotter described by the JSON config instead of Python code (not registered by class)."""
+
+    def __init__(self, config_name: str, entry: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_name = config_name
+        self.entry = entry
+        retention = entry.get("retention", {})
+        self.SNAPSHOT_EXPIRY_DAYS = retention.get("days", 7)  # type: ignore[misc]
+        self.KEEP_SNAPSHOTS = retention.get("keep", 3)  # type: ignore[misc]
+        self.PENDING_SNAPSHOT_WAIT = entry.get("pending_snapshot_wait", 600.0)  # type: ignore[misc]
+
+    @property  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]
+        return self.config_name
+
+    def get_volumes(self) -> list[EBSVolume]:
+        return [EBSVolume(**vol) for vol in self.entry["volumes"]]
+
+    def get_filter_tags(self) -> dict[str, str]:
+        return {key: self.userdata[key] for key in self.filter_keys()}
+
+    def filter_keys(self) -> list[str]:
+        return list(self.entry.get("filter_tags", DEFAULT_FILTER_KEYS))

@@ -1,0 +1,72 @@
+"""Batched, bounded waiting: one poller for all resources of a run, with backoff and progress logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+from snaptastic_boot.errors import OperationFailed, WaitTimeout
+
+log = logging.getLogger("snaptastic.waits")
+
+T = TypeVar("T")
+
+# Polls come quickly at first (most EC2 state changes take a second or two), then back off.
+SLEEPS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0)
+PROGRESS_EVERY = 10.0
+
+
+def timeout(default: float) -> float:
+    """Every wait's bound, overridable by SNAPTASTIC_WAIT_TIMEOUT (seconds) for slow regions or tests."""
+    raw = os.environ.get("SNAPTASTIC_WAIT_TIMEOUT")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def until(
+    what: str,
+    keys: Iterable[str],
+    fetch: Callable[[Sequence[str]], dict[str, T]],
+    done: Callable[[T], bool],
+    *,
+    failed: Callable[[T], str | None] = lambda _: None,
+    limit: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, T]:
+    """Poll `fetch(remaining keys)` until `done` holds for every key; one fetch covers all keys."""
+    remaining = list(dict.fromkeys(keys))
+    results: dict[str, T] = {}
+    started = time.monotonic()
+    last_progress = started
+    attempt = 0
+    while remaining:
+        states = fetch(remaining)
+        for key in list(remaining):
+            state = states.get(key)
+            if state is None:
+                continue
+            reason = failed(state)
+            if reason:
+                raise OperationFailed(f"{what}: {key} {reason}")
+            if done(state):
+                results[key] = state
+                remaining.remove(key)
+        if not remaining:
+            break
+        now = time.monotonic()
+        if now - started > limit:
+            raise WaitTimeout(f"{what}: gave up after {limit:.0f}s waiting for {', '.join(remaining)}")
+        if now - last_progress >= PROGRESS_EVERY:
+            log.info("%s: still waiting for %s (%.0fs)", what, ", ".join(remaining), now - started)
+            last_progress = now
+        sleep(SLEEPS[min(attempt, len(SLEEPS) - 1)])
+        attempt += 1
+    waited = time.monotonic() - started
+    if waited >= 0.5:
+        log.info("%s: done after %.1fs", what, waited)
+    return results
