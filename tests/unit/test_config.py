@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snaptastic_boot import settings as settings_mod
+from snaptastic_boot.errors import BadInput
+from snaptastic_boot.model import VolumeSpec, volume_problems
+
+USERDATA = {"role": "solr", "cluster": "solr-prod", "environment": "production"}
+META = {"instance-id": "i-1", "availability-zone": "us-east-1a"}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No settings from this machine: only what a test writes."""
+    monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "none.py",))
+    monkeypatch.setattr(settings_mod, "DEFAULT_CONFIG", tmp_path / "none.json")
+    monkeypatch.delenv("SNAPTASTIC_CONFIG", raising=False)
+    sys.modules.pop("snaptastic_settings", None)
+
+
+def write_config(tmp_path: Path, data: object) -> str:
+    path = tmp_path / "snaptastic.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def solr_volume(**over: object) -> dict[str, object]:
+    return {"device": "/dev/sdf", "mount_point": "/mnt/solr", "size": 20, **over}
+
+
+def test_seed_settings_module_on_sys_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snaptastic_settings.py").write_text(textwrap.dedent("""
+        REGION = 'eu-west-1'
+        from snaptastic_boot import Snapshotter, EBSVolume
+
+        class SolrSnapshotter(Snapshotter):
+            name = 'solr'
+
+            def get_volumes(self):
+                volume = EBSVolume('/dev/sdf', '/mnt/solr', size=20)
+                volumes = [volume]
+                return volumes
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = settings_mod.load()
+    assert loaded.names == ["solr"]
+    snap = loaded.snapshotter("solr", USERDATA, META)
+    spec = settings_mod.resolve(snap)
+    assert spec.volumes == (VolumeSpec("/dev/sdf", "/mnt/solr", 20),)
+    assert spec.filter_tags == {"role": "solr", "cluster": "solr-prod", "environment": "production"}
+    assert snap.instance_id == "i-1"
+
+
+def test_seed_custom_filter_tags_and_fs_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "settings.py").write_text(textwrap.dedent("""
+        from snaptastic_boot import Snapshotter, EBSVolume
+
+        class XFS:
+            name = "xfs"
+
+        class CustomFilterSnapshotter(Snapshotter):
+            name = 'filter_example'
+            def get_volumes(self):
+                return [EBSVolume('/dev/sdg', '/var/lib/app', size=5, file_system=XFS)]
+            def get_filter_tags(self):
+                return {'group': self.userdata['group']}
+    """))
+    monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "missing.py", tmp_path / "settings.py"))
+    loaded = settings_mod.load()
+    spec = settings_mod.resolve(loaded.snapshotter("filter_example", {"group": "g1"}, META))
+    assert spec.filter_tags == {"group": "g1"} and spec.volumes[0].filesystem == "xfs"
+    with pytest.raises(BadInput, match=r"userdata\.group: missing"):
+        settings_mod.resolve(loaded.snapshotter("filter_example", USERDATA, META))
+
+
+def test_json_and_python_forms_make_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snaptastic_settings.py").write_text(
+        "from snaptastic_boot import Snapshotter, EBSVolume\n"
+        "class S(Snapshotter):\n    name = 'py'\n"
+        "    def get_volumes(self):\n        return [EBSVolume('/dev/sdf', '/mnt/solr', size=20)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_config(tmp_path, {"snapshotters": {"js": {"volumes": [solr_volume()]}}})
+    loaded = settings_mod.load(path)
+    a = settings_mod.resolve(loaded.snapshotter("py", USERDATA, META))
+    b = settings_mod.resolve(loaded.snapshotter("js", USERDATA, META))
+    assert (a.volumes, a.filter_tags, a.retention) == (b.volumes, b.filter_tags, b.retention)
+
+
+def test_json_config_full_volume(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"snapshotters": {"db": {
+        "volumes": [solr_volume(filesystem="xfs", volume_type="io2", iops=5000, encrypted=True, kms_key_id="alias/k",
+                                mount_options="noatime,nodiratime", delete_on_termination=False)],
+        "filter_tags": ["role", "environment"], "retention": {"days": 14, "keep": 5}}}})
+    spec = settings_mod.resolve(settings_mod.load(path).snapshotter("db", USERDATA, META))
+    v = spec.volumes[0]
+    assert (v.filesystem, v.volume_type, v.iops, v.encrypted, v.delete_on_termination) == ("xfs", "io2", 5000, True, False)
+    assert spec.filter_tags == {"role": "solr", "environment": "production"}
+    assert (spec.retention.days, spec.retention.keep) == (14, 5)
+
+
+def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNAPTASTIC_CONFIG", write_config(tmp_path, {"snapshotters": {"x": {"volumes": [solr_volume()]}}}))
+    assert settings_mod.load().names == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"snapshoters": {}}, "config.snapshoters: unknown key; did you mean 'snapshotters'?"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(sise=3)]}}}, "sise: unknown key; did you mean 'size'?"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(size="20")]}}}, "size: must be of type integer"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(size=0)]}}}, "size: must be >= 1"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(size=20000)]}}}, "size: must be a whole number of GiB from 1 to 16384"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(volume_type="st1", size=20)]}}}, "from 125 to 16384 for st1"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(volume_type="gp2", iops=3000)]}}}, "gp2 volumes take no iops"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(volume_type="gp2", throughput=200)]}}}, "gp2 volumes take no throughput"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(volume_type="io1")]}}}, "io1 volumes need iops"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(filesystem="btrfs")]}}}, "filesystem: must be one of ext4, xfs"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="mnt/solr")]}}}, "must be an absolute path"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/mnt/../etc")]}}}, "must not contain '..'"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/mnt//solr/")]}}}, "is not normalised"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/")]}}}, "is a system path"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/etc")]}}}, "is a system path"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/usr/local/x")]}}}, "is a system path"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_point="/boot")]}}}, "is a system path"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(device="/dev/sda1")]}}}, "not a device name EC2 accepts"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(device="/dev/nvme1n1")]}}}, "not a device name EC2 accepts"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_options="defaults;reboot")]}}}, "mount_options: must be a comma-separated"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(mount_options="$(id)")]}}}, "mount_options: must be a comma-separated"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(), solr_volume(device="/dev/sdg")]}}}, "mount_point: duplicate"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(), solr_volume(mount_point="/mnt/x", device="/dev/xvdf")]}}}, "device: duplicate"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume(kms_key_id="k")]}}}, "needs \"encrypted\": true"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(BadInput) as err:
+        settings_mod.load(write_config(tmp_path, data))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_config_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text("{")
+    with pytest.raises(BadInput, match="is not valid JSON"):
+        settings_mod.load(str(path))
+
+
+def test_missing_explicit_config(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="not found"):
+        settings_mod.load(str(tmp_path / "nope.json"))
+
+
+def test_unknown_snapshotter_lists_known(tmp_path: Path) -> None:
+    loaded = settings_mod.load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
+    with pytest.raises(BadInput, match=r"snapshotter 'sorl' is not defined; did you mean 'solr'\? known: solr"):
+        loaded.snapshotter("sorl", USERDATA, META)
+
+
+def test_name_in_both_forms_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snaptastic_settings.py").write_text(
+        "from snaptastic_boot import Snapshotter, EBSVolume\nclass S(Snapshotter):\n    name = 'solr'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BadInput, match="defined both"):
+        settings_mod.load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
+
+
+def test_broken_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snaptastic_settings.py").write_text("class (:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BadInput, match="syntax error at line 1"):
+        settings_mod.load()
+
+
+def test_nested_mount_points_refused() -> None:
+    problems = volume_problems([VolumeSpec("/dev/sdf", "/mnt/a", 1), VolumeSpec("/dev/sdg", "/mnt/a/b", 1)])
+    assert any("nested" in m for _, m in problems)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(
+        st.sampled_from(["snapshotters", "volumes", "device", "mount_point", "size", "volume_type", "iops", "x", "solr"]), c, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values)
+def test_fuzz_config_raises_only_our_error(value: object) -> None:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(value, f)
+    try:
+        settings_mod.load(f.name)
+    except BadInput:
+        pass
+    finally:
+        Path(f.name).unlink()
