@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from snaptastic_boot import times
 from snaptastic_boot.ec2 import tag_filters, tags_of
 from snaptastic_boot.errors import BadInput
 
@@ -59,17 +60,12 @@ class Freshness:
                 "max_age_seconds": self.max_age_seconds, "ok": self.ok}
 
 
-def _start(snap: dict[str, Any]) -> dt.datetime:
-    value = snap["StartTime"]
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+_start = times.start_time
 
 
 def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, Any]], max_age: dt.timedelta,
              now: dt.datetime | None = None) -> list[Freshness]:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or times.now()
     mount_points = sorted({tags_of(v)["mount_point"] for v in volumes if "mount_point" in tags_of(v)})
     newest: dict[str, dict[str, Any]] = {}
     for snap in snapshots:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import fstab, waits
+from snaptastic_boot import fstab, times, waits
 from snaptastic_boot.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tag_filters, tag_list, tags_of
 from snaptastic_boot.errors import BadInput, UnsafeOperation, WaitTimeout
@@ -34,6 +34,8 @@ VOLUME_WAIT = 300.0
 ATTACH_WAIT = 120.0
 DEVICE_WAIT = 60.0
 GONE_STATES = ("deleting", "deleted", "error")
+# Set by unmount-snapshots on volumes it detached on purpose: never reattached, left for `clean volumes`.
+DETACHED_TAG = "detached"
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,13 @@ def fstab_preview(step: VolumeStep) -> str:
 
 
 def parse_time(value: str) -> dt.datetime:
-    """ISO 8601 (a trailing Z allowed); naive times are UTC."""
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "T", 1))
-    except ValueError as exc:
-        raise BadInput(f"--before: '{value}' is not a timestamp; use ISO 8601 like 2026-11-27T16:00:00Z") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    parsed = times.parse(value)
+    if parsed is None:
+        raise BadInput(f"--before: '{value}' is not a timestamp; use ISO 8601 like 2026-11-27T16:00:00Z")
+    return parsed
 
 
-def _start(snapshot: dict[str, Any]) -> dt.datetime:
-    value = snapshot["StartTime"]
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    return parse_time(str(value))
+_start = times.start_time
 
 
 def newest_snapshots(
@@ -160,7 +156,7 @@ def plan_restore(
     completed, pending = newest_snapshots(snapshots, mount_points, before)
     by_mount: dict[str, list[dict[str, Any]]] = {}
     for vol in our_volumes:
-        if vol.get("State") in GONE_STATES:
+        if vol.get("State") in GONE_STATES or DETACHED_TAG in tags_of(vol):
             continue
         by_mount.setdefault(tags_of(vol).get("mount_point", ""), []).append(vol)
     mounted_at = {m.mount_point: m for m in mounts}
@@ -324,7 +320,7 @@ class Restorer:
         if not steps:
             return {}
         init_rate_ok = self.ec2.supports_initialization_rate()
-        created_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = times.iso(times.now())
 
         def create(step: VolumeStep) -> tuple[str, str]:
             params = create_volume_params(plan, step, created_at, init_rate_ok)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from snaptastic_boot import times
 from snaptastic_boot.ec2 import Ec2, tag_filters, tags_of
 from snaptastic_boot.model import SnapshotterSpec
 
@@ -39,24 +40,9 @@ class Deletion:
         return self.resource_id
 
 
-def parse_expires(value: str) -> dt.datetime | None:
-    """Our ISO 8601 UTC form, or the original tool's `str(datetime.now() + timedelta(...))`; None if neither."""
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            parsed = dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
-        except ValueError:
-            return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-
-
-def _start(snap: dict[str, Any]) -> dt.datetime:
-    value = snap["StartTime"]
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    return parse_expires(str(value)) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+# Our ISO 8601 UTC form, or the original tool's `str(datetime.now() + timedelta(...))`.
+parse_expires = times.parse
+_start = times.start_time
 
 
 def snapshot_filters(spec: SnapshotterSpec) -> list[dict[str, Any]]:
@@ -70,7 +56,7 @@ def volume_filters(spec: SnapshotterSpec) -> list[dict[str, Any]]:
 
 def plan_snapshot_cleanup(spec: SnapshotterSpec, snapshots: Sequence[dict[str, Any]], keep: int,
                           now: dt.datetime | None = None) -> list[Deletion]:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or times.now()
     wanted = dict(spec.filter_tags)
     by_mount: dict[str, list[dict[str, Any]]] = {}
     for snap in snapshots:
@@ -92,7 +78,7 @@ def plan_snapshot_cleanup(spec: SnapshotterSpec, snapshots: Sequence[dict[str, A
 
 
 def plan_volume_cleanup(spec: SnapshotterSpec, volumes: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> list[Deletion]:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or times.now()
     out = []
     for vol in volumes:
         tags = tags_of(vol)

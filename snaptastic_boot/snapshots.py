@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from snaptastic_boot import waits
+from snaptastic_boot import times, waits
 from snaptastic_boot.devices import Devices
 from snaptastic_boot.ec2 import Ec2, tags_of
 from snaptastic_boot.errors import AwsError, BadInput, OperationFailed, UnsafeOperation
 from snaptastic_boot.freeze import MAX_FREEZE_SECONDS, frozen
 from snaptastic_boot.model import SnapshotterSpec
+from snaptastic_boot.times import iso
 
 log = logging.getLogger("snaptastic.snapshots")
 
@@ -77,14 +78,10 @@ class SnapshotReport:
         return asdict(self)
 
 
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def plan_snapshots(spec: SnapshotterSpec, snapshotter: Any, instance: dict[str, Any], devices: Devices,
                    freeze: bool = True, now: dt.datetime | None = None) -> SnapshotPlan:
     """Map each configured mount point to its EBS volume through the instance's block device mapping."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or times.now()
     instance_id = instance["InstanceId"]
     root_device = instance.get("RootDeviceName", "")
     mappings = [(m["DeviceName"], m["Ebs"]["VolumeId"]) for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]

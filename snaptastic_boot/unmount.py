@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import fstab, waits
+from snaptastic_boot import fstab, times, waits
 from snaptastic_boot.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tags_of
 from snaptastic_boot.model import SnapshotterSpec
+from snaptastic_boot.restore import DETACHED_TAG
 
 log = logging.getLogger("snaptastic.unmount")
 
@@ -54,7 +55,8 @@ def plan_unmount(
     mounted = {m.mount_point for m in mounts}
     steps = []
     for v in spec.volumes:
-        vols = [x for x in our_volumes if tags_of(x).get("mount_point") == v.mount_point and x.get("State") not in ("deleting", "deleted")]
+        vols = [x for x in our_volumes if tags_of(x).get("mount_point") == v.mount_point
+                and x.get("State") not in ("deleting", "deleted") and DETACHED_TAG not in tags_of(x)]
         attached = [x for x in vols if any(a.get("InstanceId") == instance_id for a in x.get("Attachments") or [])]
         chosen = attached[0] if attached else (vols[0] if vols else None)
         steps.append(UnmountStep(v.mount_point, v.mount_point in mounted, chosen["VolumeId"] if chosen else None,
@@ -90,6 +92,9 @@ class Unmounter:
             waits.until("volumes detached", [s.volume_id or "" for s in detach],
                         lambda ids: {v["VolumeId"]: v for v in self.ec2.describe_volumes(volume_ids=ids)},
                         lambda v: v.get("State") == "available", limit=waits.timeout(DETACH_WAIT))
+            # Marked so the next mount-snapshots restores from the newest snapshot instead of reattaching a
+            # volume the user took away on purpose (an interrupted run's volumes carry no such mark).
+            self.ec2.create_tags([s.volume_id or "" for s in detach], {DETACHED_TAG: times.iso(times.now())})
             done += [f"detached {s.volume_id} from {s.mount_point}" for s in detach]
         for s in plan.steps:
             if s.volume_id and s.delete:
