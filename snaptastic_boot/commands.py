@@ -131,8 +131,6 @@ def test(args: argparse.Namespace) -> int:
 def list_volumes(args: argparse.Namespace) -> int:
     from snaptastic_boot import restore
     from snaptastic_boot.devices import Devices
-    from snaptastic_boot.ec2 import tags_of
-
     ctx = _context(args)
     _, spec = ctx.snapshotter(args.name)
     ec2 = ctx.ec2()
@@ -142,7 +140,7 @@ def list_volumes(args: argparse.Namespace) -> int:
     devices = Devices(ctx.paths)
     rows = []
     for v in spec.volumes:
-        vols = [x for x in ours if tags_of(x).get("mount_point") == v.mount_point and x.get("State") not in restore.GONE_STATES]
+        current = restore.current_volume(ours, ctx.metadata.instance_id, v.mount_point)
         mount = devices.mount_at(v.mount_point)
         snap = completed.get(v.mount_point)
         rows.append({
@@ -151,8 +149,8 @@ def list_volumes(args: argparse.Namespace) -> int:
             "size": v.size,
             "volume_type": v.volume_type,
             "filesystem": v.filesystem,
-            "volume_id": vols[0]["VolumeId"] if vols else None,
-            "volume_state": vols[0]["State"] if vols else "none",
+            "volume_id": current["VolumeId"] if current else None,
+            "volume_state": current["State"] if current else "none",
             "mounted": bool(mount),
             "newest_snapshot": snap["SnapshotId"] if snap else None,
             "newest_snapshot_time": str(snap["StartTime"]) if snap else None,

@@ -28,6 +28,14 @@ log = logging.getLogger("snaptastic.freeze")
 MAX_FREEZE_SECONDS = 30.0
 
 
+def max_freeze_seconds() -> float:
+    """The freeze bound, overridable by SNAPTASTIC_MAX_FREEZE (seconds)."""
+    try:
+        return float(os.environ.get("SNAPTASTIC_MAX_FREEZE") or MAX_FREEZE_SECONDS)
+    except ValueError:
+        return MAX_FREEZE_SECONDS
+
+
 @dataclass
 class FreezeWindow:
     frozen_at: dict[str, float] = field(default_factory=dict)

@@ -49,6 +49,23 @@ class InstanceMetadata:
         }
 
 
+def backoff_sleeps() -> tuple[float, ...]:
+    """The retry sleeps, cut to SNAPTASTIC_IMDS_TIMEOUT seconds in all when that is set."""
+    raw = os.environ.get("SNAPTASTIC_IMDS_TIMEOUT")
+    try:
+        budget = float(raw) if raw else None
+    except ValueError:
+        budget = None
+    if budget is None:
+        return BACKOFF_SLEEPS
+    out: list[float] = []
+    for sleep in BACKOFF_SLEEPS:
+        if sum(out) + sleep > budget:
+            break
+        out.append(sleep)
+    return tuple(out)
+
+
 class _TokenUnsupported(Exception):
     pass
 
@@ -58,12 +75,12 @@ class ImdsClient:
         self,
         endpoint: str | None = None,
         *,
-        sleeps: Sequence[float] = BACKOFF_SLEEPS,
+        sleeps: Sequence[float] | None = None,
         session: requests.Session | None = None,
     ) -> None:
         base = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
         self.base = base.rstrip("/") + "/"
-        self.sleeps = tuple(sleeps)
+        self.sleeps = tuple(backoff_sleeps() if sleeps is None else sleeps)
         self.session = session or requests.Session()
         self._token: str | None = None
         self.version: str | None = None  # "v2" or "v1" once known

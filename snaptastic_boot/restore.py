@@ -154,16 +154,11 @@ def plan_restore(
     pinned = pinned or {}
     mount_points = [v.mount_point for v in spec.volumes]
     completed, pending = newest_snapshots(snapshots, mount_points, before)
-    by_mount: dict[str, list[dict[str, Any]]] = {}
-    for vol in our_volumes:
-        if vol.get("State") in GONE_STATES or DETACHED_TAG in tags_of(vol):
-            continue
-        by_mount.setdefault(tags_of(vol).get("mount_point", ""), []).append(vol)
     mounted_at = {m.mount_point: m for m in mounts}
     steps: list[VolumeStep] = []
     wait_pending: list[str] = []
     for v in spec.volumes:
-        existing = _pick_existing(by_mount.get(v.mount_point, []), instance_id)
+        existing = current_volume(our_volumes, instance_id, v.mount_point)
         if existing is not None:
             attachment = _attachment(existing, instance_id)
             device = attachment["Device"] if attachment else v.device
@@ -203,8 +198,11 @@ def _attachment(volume: dict[str, Any], instance_id: str) -> dict[str, Any] | No
     return None
 
 
-def _pick_existing(volumes: list[dict[str, Any]], instance_id: str) -> dict[str, Any] | None:
-    """Prefer the volume attached here, else the newest one left available by an interrupted run."""
+def current_volume(our_volumes: Sequence[dict[str, Any]], instance_id: str, mount_point: str) -> dict[str, Any] | None:
+    """This instance's volume for a mount point: the one attached here, else the newest one an interrupted
+    run left available. Volumes unmount-snapshots detached on purpose do not count."""
+    volumes = [v for v in our_volumes if tags_of(v).get("mount_point") == mount_point
+               and v.get("State") not in GONE_STATES and DETACHED_TAG not in tags_of(v)]
     attached = [v for v in volumes if _attachment(v, instance_id)]
     if attached:
         return attached[0]

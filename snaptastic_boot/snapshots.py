@@ -18,7 +18,7 @@ from snaptastic_boot import times, waits
 from snaptastic_boot.devices import Devices
 from snaptastic_boot.ec2 import Ec2, tags_of
 from snaptastic_boot.errors import AwsError, BadInput, OperationFailed, UnsafeOperation
-from snaptastic_boot.freeze import MAX_FREEZE_SECONDS, frozen
+from snaptastic_boot.freeze import frozen, max_freeze_seconds
 from snaptastic_boot.model import SnapshotterSpec
 from snaptastic_boot.times import iso
 
@@ -140,11 +140,11 @@ def with_missing_tags(plan: SnapshotPlan, volumes: Sequence[dict[str, Any]]) -> 
 
 
 class Snapshotting:
-    def __init__(self, ec2: Ec2, devices: Devices, hooks: Any = None, max_freeze: float = MAX_FREEZE_SECONDS) -> None:
+    def __init__(self, ec2: Ec2, devices: Devices, hooks: Any = None, max_freeze: float | None = None) -> None:
         self.ec2 = ec2
         self.devices = devices
         self.hooks = hooks
-        self.max_freeze = max_freeze
+        self.max_freeze = max_freeze_seconds() if max_freeze is None else max_freeze
 
     def apply(self, plan: SnapshotPlan, hook_volumes: dict[str, Any], wait: bool = False) -> SnapshotReport:
         if not plan.targets:

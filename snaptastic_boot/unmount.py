@@ -10,9 +10,9 @@ from typing import Any
 
 from snaptastic_boot import fstab, times, waits
 from snaptastic_boot.devices import Devices, Mount
-from snaptastic_boot.ec2 import Ec2, tags_of
+from snaptastic_boot.ec2 import Ec2
 from snaptastic_boot.model import SnapshotterSpec
-from snaptastic_boot.restore import DETACHED_TAG
+from snaptastic_boot.restore import DETACHED_TAG, current_volume
 
 log = logging.getLogger("snaptastic.unmount")
 
@@ -55,12 +55,10 @@ def plan_unmount(
     mounted = {m.mount_point for m in mounts}
     steps = []
     for v in spec.volumes:
-        vols = [x for x in our_volumes if tags_of(x).get("mount_point") == v.mount_point
-                and x.get("State") not in ("deleting", "deleted") and DETACHED_TAG not in tags_of(x)]
-        attached = [x for x in vols if any(a.get("InstanceId") == instance_id for a in x.get("Attachments") or [])]
-        chosen = attached[0] if attached else (vols[0] if vols else None)
+        chosen = current_volume(our_volumes, instance_id, v.mount_point)
+        attached = bool(chosen and any(a.get("InstanceId") == instance_id for a in chosen.get("Attachments") or []))
         steps.append(UnmountStep(v.mount_point, v.mount_point in mounted, chosen["VolumeId"] if chosen else None,
-                                 bool(attached), delete))
+                                 attached, delete))
     return UnmountPlan(spec.name, instance_id, tuple(steps))
 
 
