@@ -135,8 +135,10 @@ class Ec2Emulator:
         dev_root: Path,
         sys_root: Path,
         device_style: str,
+        account_id: str,
     ) -> None:
         self.moto_app = moto_app
+        self.account_id = account_id
         self.backend = backend
         self.faults = faults
         self.volumes_dir = workdir / "volumes"
@@ -294,6 +296,8 @@ class Ec2Emulator:
         inner = dict(environ)
         inner["wsgi.input"] = io.BytesIO(body)
         inner["CONTENT_LENGTH"] = str(len(body))
+        # Each lab has its own account in moto, so labs running side by side do not see each other.
+        inner["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
@@ -489,6 +493,16 @@ class Ec2Emulator:
         )
 
     def _do_DescribeSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        owners = _indexed(params, "Owner")
+        if owners:
+            # moto ignores OwnerIds; EC2 answers only those owners' snapshots ("self" is the caller's account).
+            params = {k: v for k, v in params.items() if not k.startswith("Owner.")}
+            number = 1
+            while f"Filter.{number}.Name" in params:
+                number += 1
+            params[f"Filter.{number}.Name"] = "owner-id"
+            for index, owner in enumerate(owners, start=1):
+                params[f"Filter.{number}.Value.{index}"] = self.account_id if owner == "self" else owner
         return self._with_start_times(self.forward(environ, params))
 
     def _do_DeleteSnapshot(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:

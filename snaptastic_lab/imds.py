@@ -92,7 +92,7 @@ class MetadataService:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="lab-imds", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="lab-imds", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

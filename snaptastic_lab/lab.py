@@ -97,6 +97,7 @@ class Lab:
         self._internal: Any = None
         self._ec2: Any = None
         self.endpoint = ""
+        self.account_id = ""
         self._started = False
 
     # Life cycle
@@ -114,7 +115,8 @@ class Lab:
         ):
             path.mkdir(parents=True, exist_ok=True)
         self.fstab.write_text(f"# /etc/fstab: static file system information.\nUUID={uuid.uuid4()} / ext4 defaults,discard 0 1\n")
-        backend = _fresh_backend(self.region)
+        self.account_id = _claim_account()
+        backend = _fresh_backend(self.account_id, self.region)
         from moto.moto_server.werkzeug_app import create_backend_app
         from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -132,10 +134,11 @@ class Lab:
             self.dev_root,
             self.sys_root,
             self.device_style,
+            self.account_id,
         )
         self._server = make_server("127.0.0.1", 0, self._emulator, threaded=True, request_handler=QuietHandler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lab-ec2", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="lab-ec2", daemon=True)
         self._thread.start()
         self._started = True
         try:
@@ -171,6 +174,7 @@ class Lab:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        _release_account(self.account_id)
 
     def __enter__(self) -> Lab:
         return self.start()
@@ -181,7 +185,6 @@ class Lab:
     # Clients and environment
 
     def _client(self, internal: bool = False, max_attempts: int | None = None) -> Any:
-        import boto3
         from botocore.config import Config
 
         from snaptastic_lab.ec2 import INTERNAL_HEADER
@@ -189,7 +192,7 @@ class Lab:
         retries: dict[str, Any] = {"mode": "standard"}
         if max_attempts is not None:
             retries["total_max_attempts"] = max_attempts
-        client = boto3.session.Session().client(
+        client = _session().client(
             "ec2",
             endpoint_url=self.endpoint,
             region_name=self.region,
@@ -290,7 +293,7 @@ class Lab:
             availability_zone=self.availability_zone,
             instance_type=INSTANCE_TYPE,
             image_id=IMAGE_ID,
-            account_id=ACCOUNT_ID,
+            account_id=self.account_id,
             private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
             userdata=userdata,
         )
@@ -347,9 +350,39 @@ class Lab:
 
 
 _backend_lock = threading.Lock()
+_boto_session: Any = None
 
 
-def _fresh_backend(region: str) -> Any:
+def _session() -> Any:
+    """One boto3 session for every lab client: it loads the EC2 service model once, not per lab."""
+    global _boto_session
+    import boto3
+
+    with _backend_lock:
+        if _boto_session is None:
+            _boto_session = boto3.session.Session()
+        return _boto_session
+
+
+_accounts_in_use: set[str] = set()
+
+
+def _claim_account() -> str:
+    """The lowest free account id from 123456789012 up: one moto account per running lab."""
+    with _backend_lock:
+        number = int(ACCOUNT_ID)
+        while str(number) in _accounts_in_use:
+            number += 1
+        _accounts_in_use.add(str(number))
+        return str(number)
+
+
+def _release_account(account_id: str) -> None:
+    with _backend_lock:
+        _accounts_in_use.discard(account_id)
+
+
+def _fresh_backend(account_id: str, region: str) -> Any:
     """moto's EC2 backend for `region`, emptied, without moto's default AMIs (they take seconds to load)."""
     with _backend_lock:
         previous = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
@@ -358,7 +391,7 @@ def _fresh_backend(region: str) -> Any:
             from moto.ec2.models import ec2_backends
             from moto.ec2.models.amis import Ami
 
-            backend = ec2_backends[ACCOUNT_ID][region]
+            backend = ec2_backends[account_id][region]
             backend.reset()
         finally:
             if previous is None:
