@@ -55,10 +55,15 @@ def redacted(data: dict[str, Any], keep: Iterable[str] = IDENTITY_KEYS) -> dict[
 
 
 def _gunzip(data: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_DECOMPRESSED)
+        out = inflater.decompress(data, MAX_DECOMPRESSED)
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise UserdataError(f"userdata: gzip data is corrupt ({exc}); compress the JSON with gzip or send it plain") from exc
+    if inflater.unconsumed_tail:
+        raise UserdataError(f"userdata: gzip data expands beyond {MAX_DECOMPRESSED // 1024} KiB; send a smaller JSON object")
+    if not inflater.eof:
+        raise UserdataError("userdata: gzip data is corrupt (truncated); compress the JSON with gzip or send it plain")
     return out
 
 
