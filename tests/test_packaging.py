@@ -98,10 +98,15 @@ def test_shipped_defaults_do_nothing(wrapper):
         assert "nothing" in err
 
 
-def test_shipped_config_is_inert():
+def test_shipped_config_is_inert_and_the_example_is_valid():
     import json
 
-    assert json.loads((DEB / "etc" / "snaptastic" / "snaptastic.json").read_text()) == {"snapshotters": {}}
+    from snaptastic_boot import settings
+
+    shipped = DEB / "etc" / "snaptastic" / "snaptastic.json"
+    assert json.loads(shipped.read_text()) == {"snapshotters": {}}
+    assert settings.load_json_config(shipped) == {}
+    assert list(settings.load_json_config(DEB / "examples" / "snaptastic.json")) == ["solr"]
 
 
 def test_mount_runs_each_name_and_orders_the_shutdown_snapshot(wrapper):
