@@ -162,6 +162,12 @@ def test_units_verify(tmp_path: Path):
     assert proc.stderr.strip() == "", proc.stderr
 
 
+def test_shell_scripts_pass_shellcheck():
+    require("shellcheck")
+    proc = run("shellcheck", "--shell=sh", str(WRAPPER), str(DEB / "build"))
+    assert proc.returncode == 0, proc.stdout
+
+
 def test_unit_settings():
     mount = (DEBIAN / f"{PACKAGE}.snaptastic-mount.service").read_text()
     for line in (
