@@ -115,7 +115,16 @@ def test_mount_runs_each_name_and_orders_the_shutdown_snapshot(wrapper):
     )
     assert rc == 0, err
     assert calls == ["mount-snapshots --loglevel DEBUG solr", "mount-snapshots --loglevel DEBUG other"]
-    assert wrapper.dropin.read_text() == "[Unit]\nRequiresMountsFor=/mnt/solr \n"
+    assert wrapper.dropin.read_text() == "[Unit]\nRequiresMountsFor=/mnt/solr\n"
+
+
+def test_mount_finds_the_config_given_in_the_arguments(wrapper, tmp_path: Path):
+    other = tmp_path / "other.json"
+    other.write_text('{"snapshotters": {"db": {"volumes": [{"device": "/dev/sdg", "mount_point": "/srv/db", "size": 5}]}}}')
+    rc, calls, err = wrapper("mount", f'SNAPTASTIC_MOUNT="db"\nSNAPTASTIC_SNAPSHOT="db"\nSNAPTASTIC_ARGS="--config {other}"\n')
+    assert rc == 0, err
+    assert calls == [f"mount-snapshots --config {other} db"]
+    assert wrapper.dropin.read_text() == "[Unit]\nRequiresMountsFor=/srv/db\n"
 
 
 def test_mount_failure_fails_the_unit(wrapper):
