@@ -68,10 +68,13 @@ def wrapper(tmp_path: Path):
     systemctl = bindir / "systemctl"
     systemctl.write_text('#!/bin/sh\n[ "$1" = is-system-running ] && echo "$FAKE_STATE"\nexit 0\n')
     systemctl.chmod(0o755)
+    mountpoint = bindir / "mountpoint"
+    mountpoint.write_text('#!/bin/sh\nfor p in $FAKE_UNMOUNTED; do [ "$p" = "$2" ] && exit 1; done\nexit 0\n')
+    mountpoint.chmod(0o755)
     config = tmp_path / "snaptastic.json"
     config.write_text((DEB / "examples" / "snaptastic.json").read_text())
 
-    def call(action: str, defaults: str, state: str = "running", rc: int = 0) -> tuple[int, list[str], str]:
+    def call(action: str, defaults: str, state: str = "running", rc: int = 0, unmounted: str = "") -> tuple[int, list[str], str]:
         (tmp_path / "default").write_text(defaults)
         calls.write_text("")
         env = {
@@ -82,6 +85,7 @@ def wrapper(tmp_path: Path):
             "SNAPTASTIC_CONFIG": str(config),
             "FAKE_STATE": state,
             "FAKE_RC": str(rc),
+            "FAKE_UNMOUNTED": unmounted,
         }
         proc = subprocess.run(["sh", str(WRAPPER), action], env=env, capture_output=True, text=True, timeout=60, check=False)
         return proc.returncode, calls.read_text().splitlines(), proc.stderr
@@ -128,9 +132,10 @@ def test_mount_finds_the_config_given_in_the_arguments(wrapper, tmp_path: Path):
 
 
 def test_mount_failure_fails_the_unit(wrapper):
-    rc, calls, err = wrapper("mount", 'SNAPTASTIC_MOUNT="solr"\n', rc=3)
+    rc, calls, err = wrapper("mount", 'SNAPTASTIC_MOUNT="solr"\nSNAPTASTIC_SNAPSHOT="solr"\n', rc=3, unmounted="/mnt/solr")
     assert rc == 3 and calls == ["mount-snapshots solr"]
     assert "failed with exit code 3" in err
+    assert not wrapper.dropin.exists(), "the shutdown unit must not require a mount that is not there"
 
 
 def test_snapshot_only_when_the_system_is_stopping(wrapper):
