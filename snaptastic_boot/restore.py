@@ -20,7 +20,7 @@ from typing import Any
 from snaptastic_boot import fstab, times, waits
 from snaptastic_boot.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tag_filters, tag_list, tags_of
-from snaptastic_boot.errors import BadInput, UnsafeOperation, WaitTimeout
+from snaptastic_boot.errors import BadInput, CommandError, UnsafeOperation, WaitTimeout
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 
 log = logging.getLogger("snaptastic.restore")
@@ -380,8 +380,13 @@ class Restorer:
             self.devices.mount(path, step.mount_point, str(fstype), options)
         if step.grow:
             log.info("growing the filesystem on %s to %d GiB", step.mount_point, step.size)
-            self.devices.grow(path, step.mount_point, str(fstype))
-            result.grown = True
+            try:
+                self.devices.grow(path, step.mount_point, str(fstype))
+                result.grown = True
+            except CommandError as exc:
+                # The data is mounted and safe at its old size; a refused grow (online ext4 resize needs
+                # CAP_SYS_RESOURCE, which some containers drop) must not fail the boot.
+                log.warning("%s: could not grow the filesystem, it keeps its old size: %s", step.mount_point, exc)
         result.device = step.device
         self._fstypes[step.mount_point] = str(fstype)
 
