@@ -130,14 +130,20 @@ def test_destructive_actions_need_the_agents_tag():
             assert statement.get("Condition", {}).get("Null") == {"ec2:ResourceTag/mount_point": "false"}, statement["Sid"]
 
 
-def test_tags_only_at_creation():
+def test_tags_only_at_creation_or_the_detached_mark():
+    """CreateTags could otherwise put a mount_point tag on anything and so make it deletable."""
+    from snaptastic_boot.restore import DETACHED_TAG
+
     for statement in _statements():
-        if "ec2:CreateTags" in _as_list(statement["Action"]):
-            assert set(statement["Condition"]["StringEquals"]["ec2:CreateAction"]) <= {
-                "CreateVolume",
-                "CreateSnapshot",
-                "CreateSnapshots",
-            }
+        if "ec2:CreateTags" not in _as_list(statement["Action"]):
+            continue
+        condition = statement["Condition"]
+        if "StringEquals" in condition:
+            assert set(condition["StringEquals"]["ec2:CreateAction"]) <= {"CreateVolume", "CreateSnapshot", "CreateSnapshots"}
+        else:
+            assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": [DETACHED_TAG]}, statement["Sid"]
+            assert condition["Null"] == {"ec2:ResourceTag/mount_point": "false", "aws:TagKeys": "false"}
+            assert _as_list(statement["Resource"]) == ["arn:aws:ec2:*:*:volume/*"]
 
 
 def test_every_statement_is_explained_in_the_docs():
