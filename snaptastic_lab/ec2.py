@@ -24,6 +24,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -157,6 +159,7 @@ class Ec2Emulator:
         self._pending_attach: dict[str, tuple[float, str, bool]] = {}
         self._busy_detach: dict[str, str] = {}
         self._last_start = datetime(2000, 1, 1)
+        self.stopped = threading.Event()
 
     # Files
 
@@ -237,6 +240,8 @@ class Ec2Emulator:
                 del self._busy_detach[volume_id]
 
     def teardown_all(self) -> None:
+        """The lab is stopping: release every device; calls still held or arriving change nothing."""
+        self.stopped.set()
         with self.lock:
             for instance_id in list(self.tables):
                 self.teardown_instance(instance_id)
@@ -255,9 +260,14 @@ class Ec2Emulator:
             stamp = time.time()
             self.calls.append((stamp, action))
             self.requests.append((stamp, action, params))
-            answer = self._fault(action)
+            answer = self._fault(action, environ.get("werkzeug.socket"))
         if answer is None:
             with self.lock:
+                if self.stopped.is_set():
+                    answer = error_answer(503, "Unavailable", "The service is unavailable.")
+                    status, headers, payload = answer
+                    start_response(status, [*headers, ("Content-Length", str(len(payload)))])
+                    return [payload]
                 self.refresh()
                 handler = getattr(self, f"_do_{action}", None)
                 try:
@@ -271,13 +281,14 @@ class Ec2Emulator:
         start_response(status, [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
 
-    def _fault(self, action: str) -> Answer | None:
+    def _fault(self, action: str, client: socket.socket | None) -> Answer | None:
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)
         hang = faults.hang_actions.get(action)
-        if hang:
-            time.sleep(hang)
+        if hang and not self._hold(hang, client):
+            # The caller went away (or the lab stopped) while the call was held: it never reached EC2.
+            return error_answer(503, "Unavailable", "The request was abandoned.")
         if action in faults.fail_actions:
             status, code, message = faults.fail_actions[action]
             return error_answer(status, code, message)
@@ -290,6 +301,16 @@ class Ec2Emulator:
             )
             return error_answer(status, code, message)
         return None
+
+    def _hold(self, seconds: float, client: socket.socket | None) -> bool:
+        """Hold a call for `seconds`; False as soon as its caller disconnects or the lab stops."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stopped.wait(min(left, 0.05)):
+                return False
+            if client is not None and _disconnected(client):
+                return False
+        return True
 
     def forward(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
         body = urlencode(params).encode()
@@ -594,6 +615,15 @@ class _Refused(Exception):
     def __init__(self, answer: Answer) -> None:
         super().__init__(answer[0])
         self.answer = answer
+
+
+def _disconnected(client: socket.socket) -> bool:
+    """True when the peer closed the connection (readable with nothing to read)."""
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _first(pattern: bytes, payload: bytes) -> str:

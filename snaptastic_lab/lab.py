@@ -158,6 +158,8 @@ class Lab:
         if not self._started:
             return
         self._started = False
+        if self._emulator is not None:
+            self._emulator.stopped.set()  # calls held by hang_actions are dropped, not processed
         for point in devices.mounts_under(self.workdir):
             if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
                 devices.lazy_unmount(point)
@@ -184,7 +186,7 @@ class Lab:
 
     # Clients and environment
 
-    def _client(self, internal: bool = False, max_attempts: int | None = None) -> Any:
+    def _client(self, internal: bool = False, max_attempts: int | None = None, read_timeout: float = 120) -> Any:
         from botocore.config import Config
 
         from snaptastic_lab.ec2 import INTERNAL_HEADER
@@ -198,7 +200,7 @@ class Lab:
             region_name=self.region,
             aws_access_key_id="lab",
             aws_secret_access_key="lab",
-            config=Config(retries=retries, connect_timeout=5, read_timeout=120),
+            config=Config(retries=retries, connect_timeout=5, read_timeout=read_timeout),
         )
         if internal:
 
@@ -213,9 +215,9 @@ class Lab:
         """A boto3 EC2 client on the lab with static credentials; its calls are recorded, faults apply."""
         return self._ec2
 
-    def ec2_client(self, max_attempts: int | None = None) -> Any:
+    def ec2_client(self, max_attempts: int | None = None, read_timeout: float = 120) -> Any:
         """A fresh client; `max_attempts=1` turns retries off, so faults are seen as they are."""
-        return self._client(max_attempts=max_attempts)
+        return self._client(max_attempts=max_attempts, read_timeout=read_timeout)
 
     @property
     def imds_endpoint(self) -> str:

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from snaptastic_lab import DEFAULT_USERDATA, Lab
 
@@ -391,6 +392,43 @@ def test_fail_and_hang_actions(lab: Lab) -> None:
     started = time.monotonic()
     client.describe_snapshots(OwnerIds=["self"])
     assert time.monotonic() - started >= 0.4
+
+
+def test_held_call_is_dropped_when_the_caller_gives_up(lab: Lab) -> None:
+    volume_id = new_volume(lab)
+    lab.faults.hang_actions = {"CreateSnapshot": 30.0}
+    impatient = lab.ec2_client(max_attempts=1, read_timeout=0.3)
+    with pytest.raises(ReadTimeoutError):
+        impatient.create_snapshot(VolumeId=volume_id)
+    time.sleep(0.3)
+    lab.faults.hang_actions = {}
+    assert lab.call_counts()["CreateSnapshot"] == 1
+    assert lab.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+
+    lab.faults.hang_actions = {"CreateSnapshot": 0.2}
+    assert lab.ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"].startswith("snap-")
+
+
+def test_stop_does_not_wait_for_held_calls(lab: Lab) -> None:
+    lab.faults.hang_actions = {"DescribeVolumes": 30.0}
+    client = lab.ec2_client(max_attempts=1)
+    codes: list[str] = []
+
+    def call() -> None:
+        try:
+            client.describe_volumes()
+        except ClientError as error:
+            codes.append(error.response["Error"]["Code"])
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    while "DescribeVolumes" not in lab.call_counts():
+        time.sleep(0.02)
+    started = time.monotonic()
+    lab.stop()
+    caller.join(5)
+    assert not caller.is_alive() and codes == ["Unavailable"]
+    assert time.monotonic() - started < 3
 
 
 def test_volume_creating_then_available(lab: Lab) -> None:
