@@ -351,6 +351,17 @@ class Ec2Emulator:
                 )
             if volume_id in self.backend.volumes:
                 return answer
+        snapshot = self.backend.snapshots.get(params.get("SnapshotId", ""))
+        if snapshot is not None:
+            if snapshot.status == "pending":
+                return error_answer(400, "IncorrectState", "Snapshot is in invalid state - pending")
+            if "Size" in params and int(params["Size"]) < snapshot.volume_size:
+                return error_answer(
+                    400,
+                    "InvalidParameterValue",
+                    f"Volume of size {params['Size']}GB is smaller than snapshot '{snapshot.id}', "
+                    f"expect size >= {snapshot.volume_size}GB",
+                )
         answer = self.forward(environ, params)
         if not answer[0].startswith("200"):
             return answer
@@ -385,6 +396,8 @@ class Ec2Emulator:
         volume = self.backend.volumes.get(volume_id)
         instance = self._instance(instance_id)
         if volume is not None and instance is not None:
+            if instance.state not in ("running", "stopped"):
+                raise _Refused(error_answer(400, "IncorrectInstanceState", f"The instance '{instance_id}' is not 'running'."))
             if volume.status == "creating":
                 raise _Refused(error_answer(400, "IncorrectState", f"{volume_id} is not 'available'."))
             if volume.attachment is not None:

@@ -295,6 +295,25 @@ def test_attach_refusals_as_on_ec2(lab: Lab) -> None:
     assert error_code(excinfo) == "InvalidParameterValue"
 
 
+def test_volume_from_snapshot_refusals_as_on_ec2(lab: Lab) -> None:
+    volume_id = new_volume(lab, size=3)
+    snapshot_id = lab.ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+    with pytest.raises(ClientError) as excinfo:
+        new_volume(lab, size=2, SnapshotId=snapshot_id)
+    assert error_code(excinfo) == "InvalidParameterValue"
+    restored = lab.ec2.create_volume(SnapshotId=snapshot_id, AvailabilityZone=lab.availability_zone)
+    assert restored["Size"] == 3 and lab.volume_file(restored["VolumeId"]).stat().st_size == 3 * 1024**3
+    lab.faults.snapshot_pending_seconds = 30
+    pending = lab.ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+    with pytest.raises(ClientError) as excinfo:
+        new_volume(lab, size=3, SnapshotId=pending)
+    assert error_code(excinfo) == "IncorrectState"
+    attach(lab, volume_id, "/dev/sdf")
+    with pytest.raises(ClientError) as excinfo:
+        lab.ec2.delete_volume(VolumeId=volume_id)
+    assert error_code(excinfo) == "VolumeInUse"
+
+
 def test_snapshot_start_times_are_distinct_and_increasing(lab: Lab) -> None:
     volume_id = new_volume(lab)
     ids = [lab.ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"] for _ in range(4)]
