@@ -28,6 +28,7 @@ import select
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -262,24 +263,27 @@ class Ec2Emulator:
             self.requests.append((stamp, action, params))
             answer = self._fault(action, environ.get("werkzeug.socket"))
         if answer is None:
-            with self.lock:
-                if self.stopped.is_set():
-                    answer = error_answer(503, "Unavailable", "The service is unavailable.")
-                    status, headers, payload = answer
-                    start_response(status, [*headers, ("Content-Length", str(len(payload)))])
-                    return [payload]
-                self.refresh()
-                handler = getattr(self, f"_do_{action}", None)
-                try:
-                    if handler is not None:
-                        answer = handler(environ, params)
-                    else:
-                        answer = self.forward(environ, params)
-                except _Refused as refused:
-                    answer = refused.answer
+            answer = self._handle(environ, action, params)
         status, headers, payload = answer
         start_response(status, [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
+
+    def _handle(self, environ: dict[str, Any], action: str, params: dict[str, str]) -> Answer:
+        with self.lock:
+            if self.stopped.is_set():
+                return error_answer(503, "Unavailable", "The service is unavailable.")
+            self.refresh()
+            handler = getattr(self, f"_do_{action}", None)
+            try:
+                if handler is not None:
+                    return handler(environ, params)  # type: ignore[no-any-return]
+                return self.forward(environ, params)
+            except _Refused as refused:
+                return refused.answer
+            except Exception as exc:
+                # A lab failure (losetup, cp, mknod) must reach the test as an answer, with the cause on stderr.
+                traceback.print_exc()
+                return error_answer(500, "InternalError", f"lab: {action} failed: {exc}")
 
     def _fault(self, action: str, client: socket.socket | None) -> Answer | None:
         faults = self.faults

@@ -81,6 +81,7 @@ class MetadataService:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self._closed = False
         faults.on_change("imds_down", self._set_down)
 
     @property
@@ -104,8 +105,15 @@ class MetadataService:
             self._thread.join(timeout=5)
             self._thread = None
 
+    def close(self) -> None:
+        """Stop for good: the imds_down knob no longer brings the server back."""
+        self._closed = True
+        self.stop()
+
     def _set_down(self, down: bool) -> None:
         # Connection refused, as when the hypervisor's metadata endpoint is not there yet.
+        if self._closed:
+            return
         if down and self._server is not None:
             self.stop()
         elif not down and self._server is None and self.port:

@@ -116,7 +116,21 @@ class Lab:
             path.mkdir(parents=True, exist_ok=True)
         self.fstab.write_text(f"# /etc/fstab: static file system information.\nUUID={uuid.uuid4()} / ext4 defaults,discard 0 1\n")
         self.account_id = _claim_account()
-        backend = _fresh_backend(self.account_id, self.region)
+        self._started = True
+        try:
+            self._serve_ec2()
+            self._internal = self._client(internal=True)
+            self._ec2 = self._client()
+            identity = self._launch(self._userdata)
+            self._imds = MetadataService(identity, self.faults)
+            self._imds.start()
+            self.env = self._build_env()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _serve_ec2(self) -> None:
         from moto.moto_server.werkzeug_app import create_backend_app
         from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -128,7 +142,7 @@ class Lab:
 
         self._emulator = Ec2Emulator(
             create_backend_app("ec2"),
-            backend,
+            _fresh_backend(self.account_id, self.region),
             self.faults,
             self.workdir,
             self.dev_root,
@@ -140,18 +154,6 @@ class Lab:
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="lab-ec2", daemon=True)
         self._thread.start()
-        self._started = True
-        try:
-            self._internal = self._client(internal=True)
-            self._ec2 = self._client()
-            identity = self._launch(self._userdata)
-            self._imds = MetadataService(identity, self.faults)
-            self._imds.start()
-            self.env = self._build_env()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def stop(self) -> None:
         """Unmount what is under the workdir, free every loop device, stop the servers."""
@@ -170,7 +172,7 @@ class Lab:
                 for loop in devices.loops_for(image):
                     devices.loop_detach(loop)
         if self._imds is not None:
-            self._imds.stop()
+            self._imds.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
