@@ -527,3 +527,25 @@ def test_second_lab_starts_fast(lab_factory: LabFactory) -> None:
     started = time.monotonic()
     lab_factory(device_style="xen")
     assert time.monotonic() - started < 1.5
+
+
+def test_serve_gives_a_shell_in_a_private_namespace(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root: loop devices and mounts")
+    script = 'mount -t tmpfs lab "$SNAPTASTIC_LAB/mnt" && findmnt -n -o FSTYPE "$SNAPTASTIC_LAB/mnt"; exit 0\n'
+    env = {k: v for k, v in os.environ.items() if k != "SNAPTASTIC_LAB_PRIVATE_NS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "snaptastic_lab", "serve", "--shell", "--workdir", str(tmp_path / "served")],
+        input=script,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:" in done.stdout
+    assert "export SNAPTASTIC_DEV_ROOT=" in done.stdout
+    assert done.stdout.strip().endswith("tmpfs")
+    assert str(tmp_path / "served") not in Path("/proc/self/mounts").read_text()
