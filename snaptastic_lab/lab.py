@@ -28,6 +28,7 @@ ROOT_DEVICE = "/dev/sda1"
 DEFAULT_USERDATA: dict[str, Any] = {"role": "solr", "cluster": "solr-cluster", "environment": "test"}
 
 Userdata = Union[bytes, str, dict, None]
+SAME_USERDATA = object()  # new_instance(): keep the current userdata
 
 # Environment that would let the agent find credentials, a region or endpoints somewhere other than the lab.
 _SCRUBBED = (
@@ -302,12 +303,14 @@ class Lab:
             userdata=userdata,
         )
 
-    def new_instance(self, userdata: Userdata = DEFAULT_USERDATA, keep_userdata: bool = True) -> str:
+    def new_instance(self, userdata: Userdata | object = SAME_USERDATA) -> str:
         """Launch a replacement instance in the same zone and make it the one IMDS and the dev root belong to.
 
-        With `keep_userdata` (the default) and no `userdata` given, it gets the current userdata.
+        Without `userdata` it gets the current instance's userdata, as a replacement launched from the same
+        template would. The previous instance's devices leave the dev root (lazily unmounted if still mounted);
+        its volumes stay attached to it in the API until it is terminated or they are detached.
         """
-        data = self.imds.identity.userdata if keep_userdata and userdata is DEFAULT_USERDATA else (userdata_bytes(userdata))
+        data = self.imds.identity.userdata if userdata is SAME_USERDATA else userdata_bytes(userdata)  # type: ignore[arg-type]
         self.imds.identity = self._launch(data)
         return self.instance_id
 

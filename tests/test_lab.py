@@ -363,6 +363,10 @@ def test_delete_on_termination_and_replacement_instance(lab: Lab) -> None:
     assert json.loads(imds_get(lab, "/latest/user-data")[1]) == DEFAULT_USERDATA
     node = attach(lab, kept, "/dev/sdf")
     sh("mount", str(node), str(mount_point))
+    lab.new_instance(userdata=None)
+    assert imds_get(lab, "/latest/user-data")[0] == 404
+    assert lab.device_for(kept) is None  # still attached to the previous instance, which is elsewhere
+    assert str(mount_point) not in Path("/proc/self/mounts").read_text()
 
 
 # Knobs
