@@ -553,3 +553,11 @@ def test_serve_gives_a_shell_in_a_private_namespace(tmp_path: Path) -> None:
     assert "export SNAPTASTIC_DEV_ROOT=" in done.stdout
     assert done.stdout.strip().endswith("tmpfs")
     assert str(tmp_path / "served") not in Path("/proc/self/mounts").read_text()
+
+
+def test_lab_fixtures_skip_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from snaptastic_lab import pytest_plugin
+
+    monkeypatch.setattr(pytest_plugin.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="lab tests need root: loop devices and mounts"):
+        pytest_plugin._usable()
