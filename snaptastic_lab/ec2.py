@@ -158,7 +158,7 @@ class Ec2Emulator:
         self.loops_created: set[str] = set()
         self._client_tokens: dict[str, tuple[dict[str, str], Answer, str]] = {}
         self._pending_attach: dict[str, tuple[float, str, bool]] = {}
-        self._busy_detach: dict[str, str] = {}
+        self._pending_detach: dict[str, tuple[str, float]] = {}
         self._last_start = datetime(2000, 1, 1)
         self.stopped = threading.Event()
 
@@ -221,11 +221,11 @@ class Ec2Emulator:
                     mapping.status = "attached"
                 if appears:
                     self._materialize(volume_id, volume.attachment.instance.id, device)
-            for volume_id, instance_id in list(self._busy_detach.items()):
+            for volume_id, (instance_id, due) in list(self._pending_detach.items()):
                 table = self.tables.get(instance_id)
-                if table is not None and table.is_mounted(volume_id):
+                if now < due or (table is not None and table.is_mounted(volume_id)):
                     continue
-                del self._busy_detach[volume_id]
+                del self._pending_detach[volume_id]
                 volume = self.backend.volumes.get(volume_id)
                 if volume is not None and volume.attachment is not None:
                     self.backend.detach_volume(volume_id, instance_id, volume.attachment.device)
@@ -237,8 +237,8 @@ class Ec2Emulator:
             table = self.tables.pop(instance_id, None)
             if table is not None:
                 table.detach_all(force_unmount=True)
-            for volume_id in [v for v, i in self._busy_detach.items() if i == instance_id]:
-                del self._busy_detach[volume_id]
+            for volume_id in [v for v, (i, _) in self._pending_detach.items() if i == instance_id]:
+                del self._pending_detach[volume_id]
 
     def teardown_all(self) -> None:
         """The lab is stopping: release every device; calls still held or arriving change nothing."""
@@ -455,19 +455,25 @@ class Ec2Emulator:
         params = {**params, "InstanceId": instance_id}
         force = params.get("Force", "false").lower() == "true"
         table = self.tables.get(instance_id)
-        if table is not None and table.is_mounted(volume_id) and not force:
-            # EC2 accepts the call and leaves the attachment `busy` until the OS lets the device go.
-            attachment.status = "busy"
-            self._busy_detach[volume_id] = instance_id
+        busy = table is not None and table.is_mounted(volume_id) and not force
+        seconds = self.faults.detach_seconds
+        if busy or seconds > 0:
+            # EC2 accepts the call; the attachment is `detaching` for a while, or `busy` until the OS lets the
+            # device go. The device leaves the instance at once unless it is busy.
+            attachment.status = "busy" if busy else "detaching"
+            self._pending_attach.pop(volume_id, None)
+            self._pending_detach[volume_id] = (instance_id, time.monotonic() + seconds)
+            if not busy and table is not None:
+                table.detach(volume_id, force_unmount=force)
             return _ok(
                 f'<?xml version="1.0" encoding="UTF-8"?>\n<DetachVolumeResponse xmlns="{XMLNS}">'
                 f"<requestId>{uuid.uuid4()}</requestId><volumeId>{volume_id}</volumeId>"
                 f"<instanceId>{instance_id}</instanceId><device>{escape(attachment.device)}</device>"
-                f"<status>busy</status><attachTime>{_iso_ms(attachment.attach_time)}</attachTime>"
+                f"<status>{attachment.status}</status><attachTime>{_iso_ms(attachment.attach_time)}</attachTime>"
                 "</DetachVolumeResponse>"
             )
         self._pending_attach.pop(volume_id, None)
-        self._busy_detach.pop(volume_id, None)
+        self._pending_detach.pop(volume_id, None)
         answer = self.forward(environ, params)
         if answer[0].startswith("200") and table is not None:
             table.detach(volume_id, force_unmount=force)

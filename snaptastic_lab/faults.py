@@ -26,6 +26,7 @@ class Faults:
     hang_actions: dict[str, float]
     volume_creating_seconds: float
     attach_stuck: float
+    detach_seconds: float
     snapshot_pending_seconds: float
     device_never_appears: bool
     imds_mode: str
@@ -49,6 +50,7 @@ class Faults:
         self.hang_actions = {}
         self.volume_creating_seconds = 0.0
         self.attach_stuck = 0.0
+        self.detach_seconds = 0.0
         self.snapshot_pending_seconds = 0.0
         self.device_never_appears = False
         self.imds_mode = "v2"

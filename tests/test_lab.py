@@ -491,6 +491,21 @@ def test_stuck_and_slow_attachments(lab: Lab) -> None:
     assert lab.device_for(ghost) is None
 
 
+def test_slow_detach(lab: Lab) -> None:
+    lab.faults.detach_seconds = 0.4
+    volume_id = new_volume(lab)
+    node = attach(lab, volume_id, "/dev/sdf")
+    assert lab.ec2.detach_volume(VolumeId=volume_id)["State"] == "detaching"
+    assert not node.exists()
+    assert volume(lab, volume_id)["Attachments"][0]["State"] == "detaching"
+    with pytest.raises(ClientError) as excinfo:
+        lab.ec2.delete_volume(VolumeId=volume_id)
+    assert error_code(excinfo) == "VolumeInUse"
+    time.sleep(0.45)
+    assert volume(lab, volume_id)["State"] == "available"
+    lab.ec2.delete_volume(VolumeId=volume_id)
+
+
 def test_pending_snapshot_becomes_completed(lab: Lab) -> None:
     lab.faults.snapshot_pending_seconds = 0.6
     volume_id = new_volume(lab)
