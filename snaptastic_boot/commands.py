@@ -20,6 +20,7 @@ from snaptastic_boot.imds import ImdsClient, InstanceMetadata
 from snaptastic_boot.model import SnapshotterSpec
 from snaptastic_boot.paths import Paths
 from snaptastic_boot.snapshotter import Snapshotter
+from snaptastic_boot.stopping import GracefulStop
 
 log = logging.getLogger("snaptastic")
 
@@ -198,7 +199,8 @@ def mount_snapshots(args: argparse.Namespace) -> int:
         for step in plan.steps:
             log.info("plan: %s", step.describe())
         hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
-        report = restore.Restorer(ec2, devices, ctx.paths.fstab, hooks=snap).apply(plan, hook_volumes)
+        with GracefulStop() as stop:
+            report = restore.Restorer(ec2, devices, ctx.paths.fstab, hooks=snap, stop=stop).apply(plan, hook_volumes)
     log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)", report.seconds, ec2.total_calls,
              ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())))
     if args.json:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable
 
+from snaptastic_boot import runner
 from snaptastic_boot.errors import SnaptasticError
 
 log = logging.getLogger("snaptastic.freeze")
@@ -119,10 +119,10 @@ def frozen(
         log.info("freeze window %.0f ms for %d filesystem(s)", window.max_ms, len(window.frozen_at))
 
 
-def _start_guard(mount_points: Sequence[str], max_seconds: float) -> subprocess.Popen[bytes] | None:
+def _start_guard(mount_points: Sequence[str], max_seconds: float) -> Any:
     argv = [sys.executable, "-m", "snaptastic_boot.freeze", str(os.getpid()), str(max_seconds), *mount_points]
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        return runner.spawn(argv)
     except OSError as exc:
         log.warning("could not start the thaw guard process (%s); relying on the in-process watchdog", exc)
         return None

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from snaptastic_boot.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tag_filters, tag_list, tags_of
 from snaptastic_boot.errors import BadInput, CommandError, UnsafeOperation, WaitTimeout
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
+from snaptastic_boot.stopping import GracefulStop, NoStop
 
 log = logging.getLogger("snaptastic.restore")
 
@@ -57,6 +58,7 @@ class VolumeStep:
     size: int = 0
     format_if_blank: bool = False
     grow: bool = False
+    attaching: bool = False
 
     def describe(self) -> str:
         s = self.spec
@@ -170,7 +172,8 @@ def plan_restore(
             else:
                 action = ATTACH
             steps.append(VolumeStep(v.mount_point, device, action, v, volume_id=existing["VolumeId"],
-                                    size=int(existing.get("Size", v.size)), format_if_blank=empty))
+                                    size=int(existing.get("Size", v.size)), format_if_blank=empty,
+                                    attaching=bool(attachment and attachment.get("State") == "attaching")))
             continue
         if v.mount_point in mounted_at:
             m = mounted_at[v.mount_point]
@@ -241,8 +244,10 @@ class RestoreReport:
 
 
 class Restorer:
-    def __init__(self, ec2: Ec2, devices: Devices, fstab_path: Path, hooks: Any = None, workers: int = 16) -> None:
+    def __init__(self, ec2: Ec2, devices: Devices, fstab_path: Path, hooks: Any = None, workers: int = 16,
+                 stop: GracefulStop | None = None) -> None:
         self.ec2 = ec2
+        self.stop = stop or NoStop()
         self.devices = devices
         self.fstab_path = fstab_path
         self.hooks = hooks
@@ -263,22 +268,35 @@ class Restorer:
         results = {s.mount_point: VolumeResult(s.mount_point, s.volume_id or "", s.device, action=s.action,
                                                snapshot_id=s.snapshot.snapshot_id if s.snapshot else None)
                    for s in steps}
+        self.stop.check("waiting for snapshots")
         created = self._create(plan, [s for s in steps if s.action == CREATE])
         for mp, volume_id in created.items():
             results[mp].volume_id = volume_id
-        steps = [s if s.action != CREATE else _with_volume(s, created[s.mount_point]) for s in steps]
+        steps = [s if s.action != CREATE else replace(s, volume_id=created[s.mount_point]) for s in steps]
+        self.stop.check("creating volumes")
         to_attach = [s for s in steps if s.action in (CREATE, ATTACH)]
         if to_attach:
+            label = _labeller(to_attach)
             waits.until("volumes available", [s.volume_id or "" for s in to_attach], self._volume_states,
-                        lambda v: v["State"] == "available", failed=_volume_failed, limit=waits.timeout(VOLUME_WAIT))
+                        lambda v: v["State"] == "available", failed=_volume_failed, label=label,
+                        limit=waits.timeout(VOLUME_WAIT))
+            self.stop.check("waiting for volumes")
             self._parallel(lambda s: self.ec2.attach_volume(s.volume_id or "", plan.instance_id, s.device), to_attach)
             waits.until("volumes attached", [s.volume_id or "" for s in to_attach], self._volume_states,
                         lambda v: _attachment_state(v, plan.instance_id) == "attached", failed=_volume_failed,
-                        limit=waits.timeout(ATTACH_WAIT))
+                        label=label, limit=waits.timeout(ATTACH_WAIT))
             self.ec2.set_delete_on_termination(
                 plan.instance_id, {s.device: s.spec.delete_on_termination for s in to_attach})
+            self.stop.check("attaching volumes")
+        still_attaching = [s for s in steps if s.action == MOUNT and s.attaching]
+        if still_attaching:
+            # An earlier run's attachment that had not completed yet.
+            waits.until("volumes attached", [s.volume_id or "" for s in still_attaching], self._volume_states,
+                        lambda v: _attachment_state(v, plan.instance_id) == "attached", failed=_volume_failed,
+                        label=_labeller(still_attaching), limit=waits.timeout(ATTACH_WAIT))
         pending_devices = [s for s in steps if s.action != MOUNTED]
         local = self._wait_for_devices(pending_devices)
+        self.stop.check("waiting for block devices")
         self._parallel(lambda s: self._prepare(s, local[s.mount_point], results[s.mount_point]), pending_devices)
         for s in steps:
             if s.action == MOUNTED:
@@ -310,7 +328,7 @@ class Restorer:
             if s.snapshot and s.snapshot.snapshot_id in done:
                 snap = done[s.snapshot.snapshot_id]
                 choice = SnapshotChoice(s.snapshot.snapshot_id, s.snapshot.start_time, "completed", int(snap.get("VolumeSize", 0)))
-                s = VolumeStep(s.mount_point, s.device, s.action, s.spec, s.volume_id, choice, s.size, s.format_if_blank, s.grow)
+                s = replace(s, snapshot=choice)
             out.append(s)
         return out
 
@@ -344,7 +362,8 @@ class Restorer:
             return found
 
         try:
-            found = waits.until("block devices", list(by_volume), fetch, lambda _: True, limit=waits.timeout(DEVICE_WAIT))
+            found = waits.until("block devices", list(by_volume), fetch, lambda _: True, label=_labeller(steps),
+                                limit=waits.timeout(DEVICE_WAIT))
         except WaitTimeout as exc:
             raise WaitTimeout(f"{exc}: the volume is attached in EC2 but no block device appeared; "
                               "check the kernel log; a rerun reuses the volume") from exc
@@ -366,7 +385,8 @@ class Restorer:
             fstype = step.spec.filesystem
             probe = self.devices.probe(path)
         elif fstype not in ("ext4", "xfs", "ext3", "ext2", "btrfs"):
-            raise UnsafeOperation(f"{path} ({volume_id}) holds {fstype}, which the agent does not mount; left untouched")
+            what = "data without a known filesystem" if fstype == "unknown-data" else f"a {fstype} filesystem"
+            raise UnsafeOperation(f"{path} ({volume_id}) for {step.mount_point} holds {what}; refusing to format or mount it")
         result.uuid = probe.uuid or ""
         options = step.spec.mount_options
         if fstype == "xfs" and probe.uuid and self.devices.xfs_uuid_in_use(probe.uuid):
@@ -438,9 +458,9 @@ class Restorer:
             getattr(self.hooks, name)(arg)
 
 
-def _with_volume(step: VolumeStep, volume_id: str) -> VolumeStep:
-    return VolumeStep(step.mount_point, step.device, step.action, step.spec, volume_id, step.snapshot, step.size,
-                      step.format_if_blank, step.grow)
+def _labeller(steps: Sequence[VolumeStep]) -> Any:
+    names = {s.volume_id: f"{s.volume_id} ({s.device} for {s.mount_point})" for s in steps}
+    return lambda vid: names.get(vid, vid)
 
 
 def _attachment_state(volume: dict[str, Any], instance_id: str) -> str:

@@ -59,6 +59,13 @@ def run(
     return Result(args, proc.returncode, proc.stdout, proc.stderr)
 
 
+def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a helper process in its own session (it must outlive us if we are killed); no output kept."""
+    return subprocess.Popen(
+        [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+
+
 def require(*programs: str) -> None:
     missing = [p for p in programs if shutil.which(p) is None]
     if missing:

@@ -35,6 +35,7 @@ def until(
     done: Callable[[T], bool],
     *,
     failed: Callable[[T], str | None] = lambda _: None,
+    label: Callable[[str], str] = str,
     limit: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, T]:
@@ -52,7 +53,7 @@ def until(
                 continue
             reason = failed(state)
             if reason:
-                raise OperationFailed(f"{what}: {key} {reason}")
+                raise OperationFailed(f"{what}: {label(key)} {reason}")
             if done(state):
                 results[key] = state
                 remaining.remove(key)
@@ -60,9 +61,9 @@ def until(
             break
         now = time.monotonic()
         if now - started > limit:
-            raise WaitTimeout(f"{what}: gave up after {limit:.0f}s waiting for {', '.join(remaining)}")
+            raise WaitTimeout(f"{what}: gave up after {limit:.0f}s waiting for {', '.join(map(label, remaining))}")
         if now - last_progress >= PROGRESS_EVERY:
-            log.info("%s: still waiting for %s (%.0fs)", what, ", ".join(remaining), now - started)
+            log.info("%s: still waiting for %s (%.0fs)", what, ", ".join(map(label, remaining)), now - started)
             last_progress = now
         sleep(SLEEPS[min(attempt, len(SLEEPS) - 1)])
         attempt += 1
