@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,20 @@ def loops_for(path: Path) -> list[str]:
     return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
 
 
-def loop_attach(path: Path) -> str:
-    # --find creates /dev/loopN through /dev/loop-control when every existing one is busy.
-    return run(["losetup", "--find", "--show", str(path)]).strip()
+def loop_attach(path: Path, attempts: int = 5) -> str:
+    """Bind `path` to a free loop device and return its name.
+
+    --find creates /dev/loopN through /dev/loop-control when every existing one is busy. Another process can
+    take the device losetup picked before it binds it (other labs, other test runs); then try again.
+    """
+    for attempt in range(attempts):
+        try:
+            return run(["losetup", "--find", "--show", str(path)]).strip()
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def loop_detach(loop: str) -> None:

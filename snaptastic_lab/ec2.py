@@ -211,16 +211,22 @@ class Ec2Emulator:
             for volume_id, (due, device, appears) in list(self._pending_attach.items()):
                 if now < due:
                     continue
-                del self._pending_attach[volume_id]
                 volume = self.backend.volumes.get(volume_id)
                 if volume is None or volume.attachment is None:
+                    del self._pending_attach[volume_id]
                     continue
+                if appears:
+                    try:
+                        self._materialize(volume_id, volume.attachment.instance.id, device)
+                    except Exception:
+                        # Stay `attaching` and try again at the next call rather than lose the device.
+                        traceback.print_exc()
+                        continue
+                del self._pending_attach[volume_id]
                 volume.attachment.status = "attached"
                 mapping = volume.attachment.instance.block_device_mapping.get(device)
                 if mapping is not None:
                     mapping.status = "attached"
-                if appears:
-                    self._materialize(volume_id, volume.attachment.instance.id, device)
             for volume_id, (instance_id, due) in list(self._pending_detach.items()):
                 table = self.tables.get(instance_id)
                 if now < due or (table is not None and table.is_mounted(volume_id)):
@@ -434,7 +440,12 @@ class Ec2Emulator:
             due = math.inf if math.isinf(stuck) else time.monotonic() + stuck
             self._pending_attach[volume_id] = (due, device, appears)
         elif appears:
-            self._materialize(volume_id, instance_id, device)
+            try:
+                self._materialize(volume_id, instance_id, device)
+            except Exception:
+                # The device could not be made: undo the attachment so the call fails as a whole.
+                self.backend.detach_volume(volume_id, instance_id, device)
+                raise
         return answer
 
     def _do_DetachVolume(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
