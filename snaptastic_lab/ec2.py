@@ -238,6 +238,20 @@ class Ec2Emulator:
                 if table is not None:
                     table.detach(volume_id)
 
+    def start_clock(self, interval: float = 0.05) -> None:
+        """Let time pass without calls too: a device appears when its attachment is due, as on EC2."""
+
+        def tick() -> None:
+            while not self.stopped.wait(interval):
+                if not (self._pending_attach or self._pending_detach):
+                    continue
+                try:
+                    self.refresh()
+                except Exception:
+                    traceback.print_exc()
+
+        threading.Thread(target=tick, name="lab-clock", daemon=True).start()
+
     def teardown_instance(self, instance_id: str) -> None:
         with self.lock:
             table = self.tables.pop(instance_id, None)
@@ -278,9 +292,9 @@ class Ec2Emulator:
         with self.lock:
             if self.stopped.is_set():
                 return error_answer(503, "Unavailable", "The service is unavailable.")
-            self.refresh()
             handler = getattr(self, f"_do_{action}", None)
             try:
+                self.refresh()
                 if handler is not None:
                     return handler(environ, params)  # type: ignore[no-any-return]
                 return self.forward(environ, params)

@@ -151,6 +151,7 @@ class Lab:
             self.device_style,
             self.account_id,
         )
+        self._emulator.start_clock()
         self._server = make_server("127.0.0.1", 0, self._emulator, threaded=True, request_handler=QuietHandler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="lab-ec2", daemon=True)
