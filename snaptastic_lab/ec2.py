@@ -3,18 +3,24 @@
 The middleware records every call, applies the fault knobs, forwards to moto, and fills the gaps where moto
 differs from AWS's documented behaviour:
 
-- CreateVolume honours ClientToken: a repeated token answers the same volume (moto creates a second one).
+- CreateVolume honours ClientToken: a repeated token answers the same volume (moto creates a second one), a
+  token reused with other parameters is IdempotentParameterMismatch; the answer says `creating`, as EC2's does.
+- CreateVolume refuses a pending snapshot and a size below the snapshot's.
 - DetachVolume without InstanceId takes it from the volume's attachment (moto demands it).
 - CreateSnapshots honours `ExcludeDataVolumeIds` and `CopyTagsFromSource=volume` (moto ignores both); the lab
   answers it itself from moto's models.
-- AttachVolume refuses a volume that is still `creating`, already attached or in another zone, and a device
-  name already in use.
+- DescribeSnapshots honours OwnerIds (`self` is the lab's account); moto ignores them.
+- AttachVolume refuses a volume that is still `creating`, already attached or in another zone, an instance
+  that is not running, and a device name already in use.
+- ModifyInstanceAttribute naming an unmapped device is a 400, not moto's HTTP 500.
 - A DetachVolume of a volume whose device is still mounted stays `busy`, as on EC2, and completes once it is
   unmounted.
 - Snapshot StartTime: moto's EC2 serializer writes every timestamp as `...:SS.000Z`; the lab gives each
-  snapshot a distinct, increasing start time in milliseconds and writes it into the snapshot responses, as EC2 does.
-- Volumes stay `creating`, attachments `attaching` and snapshots `pending` for as long as the knobs say.
+  snapshot a distinct, increasing start time in milliseconds and writes it into the snapshot responses.
+- Volumes stay `creating`, attachments `attaching` or `detaching` and snapshots `pending` for as long as the
+  knobs say; a clock thread finishes these transitions even when nobody calls.
 
+Each lab is its own moto account (the `x-moto-account-id` header), so labs side by side do not see each other.
 Device side effects (sparse files, loop devices, nodes) happen before the answer is sent, so what the agent
 sees next is already consistent with what the API said.
 """
@@ -320,9 +326,9 @@ class Ec2Emulator:
             return error_answer(400, "RequestLimitExceeded", "Request limit exceeded.")
         if faults.chance(faults.error_rate):
             status, code = faults.pick(((503, "Unavailable"), (500, "InternalError")))
-            message = (
-                "The service is unavailable. Please try again shortly." if status == 503 else ("An internal error has occurred.")
-            )
+            message = "The service is unavailable. Please try again shortly."
+            if status == 500:
+                message = "An internal error has occurred."
             return error_answer(status, code, message)
         return None
 
@@ -366,15 +372,14 @@ class Ec2Emulator:
         token = params.get("ClientToken")
         if token and token in self._client_tokens:
             seen, answer, volume_id = self._client_tokens[token]
-            if seen != params:
+            if seen != params or volume_id not in self.backend.volumes:
                 return error_answer(
                     400,
                     "IdempotentParameterMismatch",
                     "The client token you have provided is associated with a resource that is already "
                     "deleted or has different parameters. Please use a different client token.",
                 )
-            if volume_id in self.backend.volumes:
-                return answer
+            return answer
         snapshot = self.backend.snapshots.get(params.get("SnapshotId", ""))
         if snapshot is not None:
             if snapshot.status == "pending":

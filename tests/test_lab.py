@@ -270,6 +270,10 @@ def test_create_volume_client_token_is_idempotent(lab: Lab) -> None:
     with pytest.raises(ClientError) as excinfo:
         new_volume(lab, size=5, ClientToken="restore-/data-1")
     assert error_code(excinfo) == "IdempotentParameterMismatch"
+    lab.ec2.delete_volume(VolumeId=first)
+    with pytest.raises(ClientError) as excinfo:
+        new_volume(lab, ClientToken="restore-/data-1")
+    assert error_code(excinfo) == "IdempotentParameterMismatch"
 
 
 def test_detach_without_instance_id(lab: Lab) -> None:
