@@ -136,12 +136,12 @@ def list_volumes(args: argparse.Namespace) -> int:
     _, spec = ctx.snapshotter(args.name)
     ec2 = ctx.ec2()
     mount_points = [v.mount_point for v in spec.volumes]
-    ours = ec2.describe_volumes(filters=restore.our_volume_filters(ctx.metadata.instance_id, mount_points))
+    ours = ec2.describe_volumes(filters=restore.our_volume_filters(spec, ctx.metadata.instance_id))
     completed, pending = restore.newest_snapshots(ec2.describe_snapshots(restore.snapshot_filters(spec)), mount_points)
     devices = Devices(ctx.paths)
     rows = []
     for v in spec.volumes:
-        current = restore.current_volume(ours, ctx.metadata.instance_id, v.mount_point)
+        current = restore.current_volume(ours, ctx.metadata.instance_id, v.mount_point, spec.filter_tags)
         mount = devices.mount_at(v.mount_point)
         snap = completed.get(v.mount_point)
         rows.append({
@@ -183,11 +183,10 @@ def mount_snapshots(args: argparse.Namespace) -> int:
     ec2 = ctx.ec2()
     devices = Devices(ctx.paths)
     with lock.exclusive(ctx.paths.lock_file):
-        mount_points = [v.mount_point for v in spec.volumes]
         snapshots = ec2.describe_snapshots(restore.snapshot_filters(spec))
         pinned = restore.check_pinned(spec, pins, ec2.describe_snapshots([], snapshot_ids=list(pins.values())) if pins else [],
                                       args.force)
-        ours = ec2.describe_volumes(filters=restore.our_volume_filters(ctx.metadata.instance_id, mount_points))
+        ours = ec2.describe_volumes(filters=restore.our_volume_filters(spec, ctx.metadata.instance_id))
         plan = restore.plan_restore(spec, ctx.metadata.instance_id, ctx.metadata.availability_zone, snapshots, ours,
                                     devices.mounts(), pinned=pinned, before=before)
         if args.dry_run:
@@ -228,7 +227,7 @@ def unmount_snapshots(args: argparse.Namespace) -> int:
         mount_points = [v.mount_point for v in spec.volumes]
         from snaptastic_boot.restore import our_volume_filters
 
-        ours = ec2.describe_volumes(filters=our_volume_filters(ctx.metadata.instance_id, mount_points))
+        ours = ec2.describe_volumes(filters=our_volume_filters(spec, ctx.metadata.instance_id))
         plan = unmount.plan_unmount(spec, ctx.metadata.instance_id, ours, devices.mounts(), delete=args.delete)
         if args.dry_run:
             _print_json(plan.as_dict()) if args.json else print(plan.render())

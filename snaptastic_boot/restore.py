@@ -160,7 +160,7 @@ def plan_restore(
     steps: list[VolumeStep] = []
     wait_pending: list[str] = []
     for v in spec.volumes:
-        existing = current_volume(our_volumes, instance_id, v.mount_point)
+        existing = current_volume(our_volumes, instance_id, v.mount_point, spec.filter_tags)
         if existing is not None:
             attachment = _attachment(existing, instance_id)
             device = attachment["Device"] if attachment else v.device
@@ -201,10 +201,13 @@ def _attachment(volume: dict[str, Any], instance_id: str) -> dict[str, Any] | No
     return None
 
 
-def current_volume(our_volumes: Sequence[dict[str, Any]], instance_id: str, mount_point: str) -> dict[str, Any] | None:
+def current_volume(our_volumes: Sequence[dict[str, Any]], instance_id: str, mount_point: str,
+                   filter_tags: dict[str, str]) -> dict[str, Any] | None:
     """This instance's volume for a mount point: the one attached here, else the newest one an interrupted
-    run left available. Volumes unmount-snapshots detached on purpose do not count."""
-    volumes = [v for v in our_volumes if tags_of(v).get("mount_point") == mount_point
+    run left available. Volumes unmount-snapshots detached on purpose do not count, and neither does
+    anything without all of this snapshotter's tags, whatever the server-side filter returned."""
+    want = {**filter_tags, "mount_point": mount_point, "instance_id": instance_id}
+    volumes = [v for v in our_volumes if all(tags_of(v).get(k) == val for k, val in want.items())
                and v.get("State") not in GONE_STATES and DETACHED_TAG not in tags_of(v)]
     attached = [v for v in volumes if _attachment(v, instance_id)]
     if attached:
@@ -505,8 +508,9 @@ def create_volume_params(plan: RestorePlan, step: VolumeStep, created_at: str, i
     return params
 
 
-def our_volume_filters(instance_id: str, mount_points: Sequence[str]) -> list[dict[str, Any]]:
-    return tag_filters({"instance_id": instance_id, "mount_point": list(mount_points)})
+def our_volume_filters(spec: SnapshotterSpec, instance_id: str) -> list[dict[str, Any]]:
+    """This snapshotter's volumes for this instance: its filter tags, our instance_id and its mount points."""
+    return tag_filters({**spec.filter_tags, "instance_id": instance_id, "mount_point": [v.mount_point for v in spec.volumes]})
 
 
 def snapshot_filters(spec: SnapshotterSpec) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ class SnapshotPlan:
     def render(self) -> str:
         lines = [f"snapshot plan for snapshotter '{self.snapshotter}' on {self.instance_id}:"]
         for t in self.targets:
-            extra = f"; first tag the volume with {t.missing_tags}" if t.missing_tags else ""
+            extra = f"; lacks tags {sorted(t.missing_tags)}, so snapshots are taken one per volume" if t.missing_tags else ""
             lines.append(f"  {t.mount_point}: {t.volume_id} ({t.device}, {t.local_device}){extra}")
         lines.append(f"  {'freeze all, ' if self.freeze else ''}one CreateSnapshots call excluding the boot volume"
                      f"{' and ' + ', '.join(self.exclude_volume_ids) if self.exclude_volume_ids else ''}")
@@ -153,27 +153,21 @@ class Snapshotting:
         for t in plan.targets:
             # A run killed while frozen leaves the filesystem frozen until someone thaws it: do that first.
             self.devices.thaw(t.mount_point)
-            if t.missing_tags:
-                log.info("tagging %s with %s so its snapshot can be found", t.volume_id, t.missing_tags)
-                self.ec2.create_tags([t.volume_id], t.missing_tags)
+        untagged = [t.volume_id for t in plan.targets if t.missing_tags]
+        if untagged:
+            # Tags copied from such a volume would not let the next boot find its snapshot, and the agent
+            # does not retag volumes it did not make: each snapshot gets its tags explicitly instead.
+            log.warning("volumes %s lack this snapshotter's tags; taking one snapshot per volume with explicit tags",
+                        ", ".join(untagged))
         self._hook("pre_snapshots", vols)
         for t in plan.targets:
             if t.mount_point in hook_volumes:
                 self._hook("pre_snapshot", hook_volumes[t.mount_point])
         mount_points = [t.mount_point for t in plan.targets] if plan.freeze else []
-        fallback = False
         api_started = api_done = 0.0
         with frozen(mount_points, self.devices.freeze, self.devices.thaw, self.max_freeze) as window:
             api_started = time.monotonic()
-            try:
-                made = self.ec2.create_snapshots(plan.instance_id, plan.exclude_volume_ids, plan.tags, plan.description)
-            except AwsError as exc:
-                if exc.code not in FALLBACK_CODES:
-                    raise
-                log.warning("CreateSnapshots refused (%s); taking one snapshot per volume", exc.code)
-                fallback = True
-                made = [self.ec2.create_snapshot(t.volume_id, plan.description, {**plan.tags, "mount_point": t.mount_point})
-                        for t in plan.targets]
+            made, fallback = self._take(plan, per_volume=bool(untagged))
             api_done = time.monotonic()
         by_volume = {s["VolumeId"]: s["SnapshotId"] for s in made}
         result = {t.mount_point: by_volume[t.volume_id] for t in plan.targets if t.volume_id in by_volume}
@@ -193,6 +187,19 @@ class Snapshotting:
                         limit=waits.timeout(SNAPSHOT_WAIT))
         return SnapshotReport(plan.snapshotter, result, round(window.max_ms, 1), round((api_done - api_started) * 1000, 1),
                               window.watchdog_fired, fallback, dict(self.ec2.calls))
+
+    def _take(self, plan: SnapshotPlan, per_volume: bool) -> tuple[list[dict[str, Any]], bool]:
+        """The snapshots, in one CreateSnapshots call unless that cannot be used; and whether it was not."""
+        if not per_volume:
+            try:
+                return self.ec2.create_snapshots(plan.instance_id, plan.exclude_volume_ids, plan.tags, plan.description), False
+            except AwsError as exc:
+                if exc.code not in FALLBACK_CODES:
+                    raise
+                log.warning("CreateSnapshots refused (%s); taking one snapshot per volume", exc.code)
+        made = [self.ec2.create_snapshot(t.volume_id, plan.description, {**plan.tags, "mount_point": t.mount_point})
+                for t in plan.targets]
+        return made, True
 
     def _hook(self, name: str, arg: Any) -> None:
         if self.hooks is not None:

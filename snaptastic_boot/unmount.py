@@ -55,7 +55,7 @@ def plan_unmount(
     mounted = {m.mount_point for m in mounts}
     steps = []
     for v in spec.volumes:
-        chosen = current_volume(our_volumes, instance_id, v.mount_point)
+        chosen = current_volume(our_volumes, instance_id, v.mount_point, spec.filter_tags)
         attached = bool(chosen and any(a.get("InstanceId") == instance_id for a in chosen.get("Attachments") or []))
         steps.append(UnmountStep(v.mount_point, v.mount_point in mounted, chosen["VolumeId"] if chosen else None,
                                  attached, delete))

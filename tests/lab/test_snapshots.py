@@ -207,3 +207,26 @@ def test_check_backups_fresh_stale_missing(lab: Any) -> None:
     stale = lab.run("check-backups", "--age", "2s", "--role", "solr", "--cluster", "solr-cluster", "--environment", "test")
     assert stale.returncode == 1 and stale.stdout.count("CRITICAL") == 2
     assert run_json(lab, "check-backups", "--age", "1d")[0]["ok"] is True
+
+
+def test_volume_made_by_hand_is_snapshotted_with_explicit_tags_and_left_untagged(lab: Any) -> None:
+    configure(lab, volumes(lab, 1))
+    mp = lab.mount_root / "data0"
+    vid = lab.ec2.create_volume(AvailabilityZone=lab.availability_zone, Size=1)["VolumeId"]
+    lab.ec2.attach_volume(VolumeId=vid, InstanceId=lab.instance_id, Device="/dev/sdf")
+    device = lab.device_for(vid)
+    assert device is not None
+    subprocess.run(["mkfs.ext4", "-q", str(device)], check=True)
+    mp.mkdir(parents=True)
+    subprocess.run(["mount", str(device), str(mp)], check=True)
+    (mp / "legacy").write_text("old data")
+    made = run_json(lab, "make-snapshots", "solr")
+    assert made["fallback"] is True
+    snap = lab.ec2.describe_snapshots(SnapshotIds=[made["snapshots"][str(mp)]])["Snapshots"][0]
+    assert {t["Key"]: t["Value"] for t in snap["Tags"]}["mount_point"] == str(mp)
+    assert not lab.ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0].get("Tags")
+    subprocess.run(["umount", str(mp)], check=True)
+    lab.ec2.detach_volume(VolumeId=vid)
+    lab.new_instance()
+    ok(lab.run("mount-snapshots", "solr"))
+    assert (mp / "legacy").read_text() == "old data"

@@ -22,7 +22,7 @@ def snap(sid: str, mp: str, minutes: int, state: str = "completed", size: int = 
 def vol(vid: str, mp: str, state: str = "in-use", attached_to: str | None = "i-1", snapshot: str = "") -> dict[str, object]:
     atts = [{"InstanceId": attached_to, "Device": "/dev/sdf", "State": "attached"}] if attached_to else []
     return {"VolumeId": vid, "State": state, "Size": 20, "SnapshotId": snapshot, "Attachments": atts,
-            "Tags": [{"Key": "mount_point", "Value": mp}, {"Key": "instance_id", "Value": "i-1"}]}
+            "Tags": [{"Key": k, "Value": v} for k, v in {**TAGS, "mount_point": mp, "instance_id": "i-1"}.items()]}
 
 
 def plan(snapshots=(), volumes=(), mounts=(), **kw: object) -> restore.RestorePlan:
@@ -76,6 +76,12 @@ def test_interrupted_run_reuses_available_volume() -> None:
     p = plan([], [vol("vol-left", "/mnt/solr", state="available", attached_to=None)])
     assert (p.steps[0].action, p.steps[0].volume_id) == ("attach", "vol-left")
     assert p.steps[1].action == "create"
+
+
+def test_volume_of_another_cluster_is_never_taken_as_ours() -> None:
+    foreign = vol("vol-foreign", "/mnt/solr")
+    foreign["Tags"] = [t if t["Key"] != "cluster" else {"Key": "cluster", "Value": "other"} for t in foreign["Tags"]]
+    assert plan([], [foreign]).steps[0].action == "create"
 
 
 def test_foreign_mount_refused() -> None:
