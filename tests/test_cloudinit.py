@@ -1,7 +1,7 @@
 """The cloud-init userdata we ship: valid for cloud-init, readable by the agent, rebuilt from its sources.
 
 cloud-init's own tools judge the cloud-config: `cloud-init schema` for every #cloud-config (the files,
-the parts of the built MIME archives, and the examples in docs/), and cloud-init's userdata processor for
+the parts of the built MIME archives, and the examples in the README), and cloud-init's userdata processor for
 the MIME archives. Those come from Debian's cloud-init package and run with the system python3; without
 them the tests skip, except in CI (CI=true) where that is a failure.
 """
@@ -24,7 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CLOUDINIT = ROOT / "cloudinit"
 EXAMPLES = ("multipart", "ami")
-DOCS = (ROOT / "docs" / "cloud-init.md", ROOT / "docs" / "ami.md")
+README = ROOT / "README.md"
+SECTIONS = ("Using with cloud-init", "Baking into an AMI")
 IDENTITY = {"role": "solr", "cluster": "search", "environment": "production"}
 NOT_IMPLEMENTED = 5
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -62,13 +63,21 @@ def cloud_configs() -> list[tuple[str, str]]:
         for i, (ctype, payload) in enumerate(mime_parts((CLOUDINIT / name / "userdata.mime").read_bytes())):
             if ctype == "text/cloud-config":
                 found.append((f"cloudinit/{name}/userdata.mime part {i}", payload.decode()))
-    for doc in DOCS:
-        for i, block in enumerate(re.findall(r"```yaml\n(#cloud-config\n.*?)```", doc.read_text(), re.S)):
-            found.append((f"{doc.relative_to(ROOT)} block {i}", block))
+    for title in SECTIONS:
+        for i, block in enumerate(re.findall(r"```yaml\n(#cloud-config\n.*?)```", readme_section(title), re.S)):
+            found.append((f"README {title} block {i}", block))
     return found
 
 
-@pytest.mark.parametrize("where,text", cloud_configs(), ids=lambda v: v if v.startswith(("cloudinit", "docs")) else "")
+def readme_section(title: str) -> str:
+    """The text of one `## title` section of the README, up to the next `## ` heading."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+@pytest.mark.parametrize("where,text", cloud_configs(), ids=lambda v: v if v.startswith(("cloudinit", "README")) else "")
 def test_cloud_config_passes_cloud_inits_schema(where: str, text: str, tmp_path: Path):
     cloud_init = require("cloud-init")
     path = tmp_path / "cloud-config.yaml"
@@ -86,8 +95,8 @@ def test_cloud_config_passes_cloud_inits_schema(where: str, text: str, tmp_path:
 
 
 def test_docs_show_cloud_configs():
-    where = [w for w, _ in cloud_configs() if w.startswith("docs")]
-    assert any(w.startswith("docs/cloud-init.md") for w in where) and any(w.startswith("docs/ami.md") for w in where)
+    where = [w for w, _ in cloud_configs() if w.startswith("README")]
+    assert all(any(w.startswith(f"README {title}") for w in where) for title in SECTIONS)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "iam-policy.json"
-DOC = ROOT / "docs" / "ami.md"
+DOC = ROOT / "README.md"
 EC2_MODULE = ROOT / "snaptastic_boot" / "ec2.py"
 
 CALL = re.compile(r"self\._client\.([a-z][a-z0-9_]*)\(")
@@ -149,4 +149,4 @@ def test_tags_only_at_creation_or_the_detached_mark():
 def test_every_statement_is_explained_in_the_docs():
     text = DOC.read_text()
     for statement in _statements():
-        assert f"`{statement['Sid']}`" in text, f"docs/ami.md does not explain {statement['Sid']}"
+        assert f"`{statement['Sid']}`" in text, f"the README does not explain {statement['Sid']}"

@@ -2,7 +2,7 @@
 
 The fast tests (the unit wrapper's decisions, unit syntax, the man page against the CLI) run anywhere.
 The package tests build and `dpkg -i` the package on this machine, so they run only as root; they purge
-it at the end. The tools they need are Debian packages (see packaging/deb/build and docs/ami.md); when
+it at the end. The tools they need are Debian packages (see packaging/deb/build and the README's 'Baking into an AMI'); when
 one is missing the test skips, except in CI (CI=true), where a missing tool is a failure.
 """
 
@@ -32,7 +32,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds and installs a
 def require(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
     if missing:
-        message = f"needs {', '.join(missing)} (Debian packages, see docs/ami.md)"
+        message = f"needs {', '.join(missing)} (Debian packages, see the README's 'Baking into an AMI')"
         if os.environ.get("CI"):
             pytest.fail(f"CI must install these: {message}")
         pytest.skip(message)
