@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from snaptastic_lab import Lab  # noqa: E402
-from snaptastic_lab.namespace import enter_private_namespace, in_private_namespace  # noqa: E402
+from snaptastic_lab.namespace import enter_private_namespace  # noqa: E402
 
 SETTINGS = textwrap.dedent("""\
     from snaptastic_boot import Snapshotter, EBSVolume
@@ -51,8 +51,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the walkthrough needs root (loop devices and mounts); run it with sudo", file=sys.stderr)
         return 3
-    if not in_private_namespace():
-        enter_private_namespace()
+    # Always a namespace of our own (even inside another private one), so the tmpfs below goes with us.
+    enter_private_namespace()
     # A tmpfs over /mnt inside our namespace: /mnt/solr exists only for this run.
     subprocess.run(["mount", "-t", "tmpfs", "walkthrough", "/mnt"], check=True)
     with tempfile.TemporaryDirectory(prefix="snaptastic-walkthrough-") as tmp:

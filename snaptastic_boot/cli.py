@@ -40,6 +40,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="JSON config (default $SNAPTASTIC_CONFIG or /etc/snaptastic/snaptastic.json)")
     parser.add_argument("--loglevel", default=None, type=str.upper, choices=LOG_LEVELS, help="log level (default INFO)")
     parser.add_argument("-v", "--verbose", action="store_true", help="same as --loglevel DEBUG")
+    parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
 
 
 def _add_test(sub: argparse._SubParsersAction) -> None:

@@ -257,3 +257,37 @@ def test_xfs_volumes(lab: Any) -> None:
     ok(lab.run("mount-snapshots", "solr"))
     assert (lab.mount_root / "data0" / "x").read_text() == "xfs data"
     assert " xfs " in managed_lines(lab)[0]
+
+
+def test_reboot_mounts_the_same_volumes_again(styled: Any) -> None:
+    lab = styled
+    configure(lab, volumes(lab, 2))
+    first = run_json(lab, "mount-snapshots", "solr")
+    (lab.mount_root / "data0" / "before-reboot").write_text("still here")
+    for i in range(2):  # a reboot: the mounts are gone, the attachments stay
+        subprocess.run(["umount", str(lab.mount_root / f"data{i}")], check=True)
+    lab.reset_calls()
+    again = run_json(lab, "mount-snapshots", "solr")
+    assert [v["volume_id"] for v in again["volumes"]] == [v["volume_id"] for v in first["volumes"]]
+    assert [v["action"] for v in again["volumes"]] == ["mount", "mount"]
+    assert [v["formatted"] for v in again["volumes"]] == [False, False]
+    assert "CreateVolume" not in [a for _, a in lab.calls]
+    assert (lab.mount_root / "data0" / "before-reboot").read_text() == "still here"
+    assert len(managed_lines(lab)) == 2
+
+
+def test_xfs_copy_next_to_its_origin_gets_nouuid(lab: Any) -> None:
+    a = {"device": "/dev/sdf", "mount_point": str(lab.mount_root / "a"), "size": 1, "filesystem": "xfs"}
+    b = {"device": "/dev/sdg", "mount_point": str(lab.mount_root / "b"), "size": 1, "filesystem": "xfs"}
+    path = Path(lab.workdir) / "two.json"
+    path.write_text(json.dumps({"snapshotters": {"a": {"volumes": [a]}, "b": {"volumes": [b]}}}))
+    lab.env["SNAPTASTIC_CONFIG"] = str(path)
+    ok(lab.run("mount-snapshots", "a"))
+    (lab.mount_root / "a" / "x").write_text("origin")
+    snap = run_json(lab, "make-snapshots", "a")["snapshots"][a["mount_point"]]
+    ok(lab.run("mount-snapshots", "b", "--snapshot", f"{b['mount_point']}={snap}", "--force"))
+    assert (lab.mount_root / "b" / "x").read_text() == "origin"
+    options = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", b["mount_point"]], capture_output=True, text=True).stdout
+    assert "nouuid" in options
+    options_a = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", a["mount_point"]], capture_output=True, text=True).stdout
+    assert "nouuid" not in options_a

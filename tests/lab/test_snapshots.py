@@ -230,3 +230,14 @@ def test_volume_made_by_hand_is_snapshotted_with_explicit_tags_and_left_untagged
     lab.new_instance()
     ok(lab.run("mount-snapshots", "solr"))
     assert (mp / "legacy").read_text() == "old data"
+
+
+def test_no_freeze_and_wait(lab: Any) -> None:
+    configure(lab, volumes(lab, 1))
+    ok(lab.run("mount-snapshots", "solr"))
+    lab.faults.snapshot_pending_seconds = 1.5
+    made = run_json(lab, "make-snapshots", "solr", "--no-freeze", "--wait")
+    assert made["freeze_ms"] == 0
+    sid = made["snapshots"][str(lab.mount_root / "data0")]
+    assert lab.ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "completed"
+

@@ -126,3 +126,12 @@ def test_plan_renders_and_serialises() -> None:
     text = p.render()
     assert "create 20 GiB gp3 from snap-new" in text and "UUID=<filesystem uuid> /mnt/solr ext4" in text
     assert p.as_dict()["steps"][0]["fstab"].startswith("UUID=")
+
+
+def test_initialization_rate_only_where_boto3_knows_it(caplog: pytest.LogCaptureFixture) -> None:
+    spec = SnapshotterSpec("solr", (VolumeSpec("/dev/sdf", "/mnt/solr", 20, initialization_rate=200),), TAGS)
+    p = restore.plan_restore(spec, "i-1", "us-east-1a", [snap("snap-new", "/mnt/solr", 5)], [], [])
+    assert restore.create_volume_params(p, p.steps[0], "t", True)["VolumeInitializationRate"] == 200
+    params = restore.create_volume_params(p, p.steps[0], "t", False)
+    assert "VolumeInitializationRate" not in params
+    assert "initialization_rate needs a newer boto3" in caplog.text
