@@ -1,7 +1,7 @@
 """Command line: argument parsing, logging set-up, and the one place errors become exit codes.
 
 Only the standard library is imported at module level: `--help` and `--version` run at boot and must not pay
-for boto3. Each `_cmd_<name>` imports what it needs.
+for boto3. Commands are dispatched lazily, so only the one that runs imports what it needs.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="show metadata and userdata, check credentials and required tools")
     _common(p)
-    p.set_defaults(func=_cmd_test)
+    p.set_defaults(func=_run_command, handler="test")
 
 
 def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="snapshotter name")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
-    p.set_defaults(func=_cmd_list_volumes)
+    p.set_defaults(func=_run_command, handler="list_volumes")
 
 
 def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +73,7 @@ def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="accept a --snapshot whose tags do not match this snapshotter")
     p.add_argument("--ignore-mounted", action="store_true", help="accepted for compatibility; mounted volumes are always left alone")
     _common(p)
-    p.set_defaults(func=_cmd_mount_snapshots)
+    p.set_defaults(func=_run_command, handler="mount_snapshots")
 
 
 def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +84,7 @@ def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_cmd_make_snapshots)
+    p.set_defaults(func=_run_command, handler="make_snapshots")
 
 
 def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +95,7 @@ def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_cmd_unmount_snapshots)
+    p.set_defaults(func=_run_command, handler="unmount_snapshots")
 
 
 def _add_clean(sub: argparse._SubParsersAction) -> None:
@@ -107,7 +107,7 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_cmd_clean)
+    p.set_defaults(func=_run_command, handler="clean")
 
 
 def _add_check_backups(sub: argparse._SubParsersAction) -> None:
@@ -118,7 +118,7 @@ def _add_check_backups(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--environment")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
-    p.set_defaults(func=_cmd_check_backups)
+    p.set_defaults(func=_run_command, handler="check_backups")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,46 +141,13 @@ def _configure_logging(level: str) -> None:
     log.setLevel(getattr(logging, level))
 
 
-def _cmd_test(args: argparse.Namespace) -> int:
+def _run_command(args: argparse.Namespace) -> int:
+    # One lazy dispatcher instead of a thin _cmd_<name> per command: the commands module (and boto3 with it)
+    # is imported only once a command runs, never for --help or --version.
     from snaptastic_boot import commands
 
-    return commands.test(args)
-
-
-def _cmd_list_volumes(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.list_volumes(args)
-
-
-def _cmd_mount_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.mount_snapshots(args)
-
-
-def _cmd_make_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.make_snapshots(args)
-
-
-def _cmd_unmount_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.unmount_snapshots(args)
-
-
-def _cmd_clean(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.clean(args)
-
-
-def _cmd_check_backups(args: argparse.Namespace) -> int:
-    from snaptastic_boot import commands
-
-    return commands.check_backups(args)
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, args.handler)
+    return handler(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

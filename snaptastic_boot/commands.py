@@ -169,108 +169,114 @@ def list_volumes(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- mount-snapshots ---------------------------------------------------------------------------------------------
+# -- mount-snapshots, unmount-snapshots, make-snapshots ----------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything a command that changes the instance works with, checked before anything changes."""
+
+    ctx: Context
+    snapshotter: Snapshotter
+    spec: SnapshotterSpec
+    ec2: Any
+    devices: Any
+
+    @property
+    def hook_volumes(self) -> dict[str, Any]:
+        return {v.mount_point: v for v in self.snapshotter.get_volumes()}
+
+
+def _start(args: argparse.Namespace) -> _Run:
+    from snaptastic_boot.devices import Devices
+
+    ctx = _context(args)
+    snap, spec = ctx.snapshotter(args.name)
+    return _Run(ctx, snap, spec, ctx.ec2(), Devices(ctx.paths))
+
+
+def _show(plan: Any, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(plan.as_dict())
+    else:
+        print(plan.render())
+    return 0
 
 
 def mount_snapshots(args: argparse.Namespace) -> int:
     from snaptastic_boot import lock, restore
-    from snaptastic_boot.devices import Devices
 
     pins = restore.parse_pins(args.snapshot)
     before = restore.parse_time(args.before) if args.before else None
-    ctx = _context(args)
-    snap, spec = ctx.snapshotter(args.name)
-    ec2 = ctx.ec2()
-    devices = Devices(ctx.paths)
-    with lock.exclusive(ctx.paths.lock_file):
-        snapshots = ec2.describe_snapshots(restore.snapshot_filters(spec))
-        pinned = restore.check_pinned(spec, pins, ec2.describe_snapshots([], snapshot_ids=list(pins.values())) if pins else [],
-                                      args.force)
-        ours = ec2.describe_volumes(filters=restore.our_volume_filters(spec, ctx.metadata.instance_id))
-        plan = restore.plan_restore(spec, ctx.metadata.instance_id, ctx.metadata.availability_zone, snapshots, ours,
-                                    devices.mounts(), pinned=pinned, before=before)
+    run = _start(args)
+    ec2, meta = run.ec2, run.ctx.metadata
+    with lock.exclusive(run.ctx.paths.lock_file):
+        snapshots = ec2.describe_snapshots(restore.snapshot_filters(run.spec))
+        found = ec2.describe_snapshots([], snapshot_ids=list(pins.values())) if pins else []
+        pinned = restore.check_pinned(run.spec, pins, found, args.force)
+        ours = ec2.describe_volumes(filters=restore.our_volume_filters(run.spec, meta.instance_id))
+        plan = restore.plan_restore(run.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
+                                    run.devices.mounts(), pinned=pinned, before=before)
         if args.dry_run:
-            if args.json:
-                _print_json(plan.as_dict())
-            else:
-                print(plan.render())
-            return 0
+            return _show(plan, args)
         for step in plan.steps:
             log.info("plan: %s", step.describe())
-        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
         with GracefulStop() as stop:
-            report = restore.Restorer(ec2, devices, ctx.paths.fstab, hooks=snap, stop=stop).apply(plan, hook_volumes)
+            restorer = restore.Restorer(ec2, run.devices, run.ctx.paths.fstab, hooks=run.snapshotter, stop=stop)
+            report = restorer.apply(plan, run.hook_volumes)
     log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)", report.seconds, ec2.total_calls,
              ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())))
     if args.json:
         _print_json(report.as_dict())
-    else:
-        for r in report.volumes:
-            what = "formatted, " if r.formatted else ""
-            source = f"from {r.snapshot_id}" if r.snapshot_id else "empty" if r.action == restore.CREATE else r.action
-            print(f"{r.mount_point}: {r.volume_id} on {r.local_device} ({what}{source})")
+        return 0
+    for r in report.volumes:
+        what = "formatted, " if r.formatted else ""
+        source = f"from {r.snapshot_id}" if r.snapshot_id else "empty" if r.action == restore.CREATE else r.action
+        print(f"{r.mount_point}: {r.volume_id} on {r.local_device} ({what}{source})")
     return 0
-
-
-# -- unmount-snapshots -------------------------------------------------------------------------------------------
 
 
 def unmount_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import lock, unmount
-    from snaptastic_boot.devices import Devices
+    from snaptastic_boot import lock, restore, unmount
 
-    ctx = _context(args)
-    snap, spec = ctx.snapshotter(args.name)
-    ec2 = ctx.ec2()
-    devices = Devices(ctx.paths)
-    with lock.exclusive(ctx.paths.lock_file):
-        mount_points = [v.mount_point for v in spec.volumes]
-        from snaptastic_boot.restore import our_volume_filters
-
-        ours = ec2.describe_volumes(filters=our_volume_filters(spec, ctx.metadata.instance_id))
-        plan = unmount.plan_unmount(spec, ctx.metadata.instance_id, ours, devices.mounts(), delete=args.delete)
+    run = _start(args)
+    instance_id = run.ctx.metadata.instance_id
+    with lock.exclusive(run.ctx.paths.lock_file):
+        ours = run.ec2.describe_volumes(filters=restore.our_volume_filters(run.spec, instance_id))
+        plan = unmount.plan_unmount(run.spec, instance_id, ours, run.devices.mounts(), delete=args.delete)
         if args.dry_run:
-            _print_json(plan.as_dict()) if args.json else print(plan.render())
-            return 0
-        if not args.yes and not _confirm(f"Unmount and detach {', '.join(mount_points)}{' and DELETE the volumes' if args.delete else ''}?"):
+            return _show(plan, args)
+        mount_points = ", ".join(v.mount_point for v in run.spec.volumes)
+        question = f"Unmount and detach {mount_points}{' and DELETE the volumes' if args.delete else ''}?"
+        if not args.yes and not _confirm(question):
             print("nothing done")
             return 1
-        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
-        report = unmount.Unmounter(ec2, devices, ctx.paths.fstab, hooks=snap).apply(plan, hook_volumes)
+        report = unmount.Unmounter(run.ec2, run.devices, run.ctx.paths.fstab, hooks=run.snapshotter).apply(plan, run.hook_volumes)
     if args.json:
         _print_json(report)
-    else:
-        for line in report["done"]:
-            print(line)
+        return 0
+    for line in report["done"]:
+        print(line)
     return 0
-
-
-# -- make-snapshots ----------------------------------------------------------------------------------------------
 
 
 def make_snapshots(args: argparse.Namespace) -> int:
     from snaptastic_boot import lock, snapshots
-    from snaptastic_boot.devices import Devices
 
-    ctx = _context(args)
-    snap, spec = ctx.snapshotter(args.name)
-    ec2 = ctx.ec2()
-    devices = Devices(ctx.paths)
-    with lock.exclusive(ctx.paths.lock_file):
-        instance = ec2.describe_instance(ctx.metadata.instance_id)
-        plan = snapshots.plan_snapshots(spec, snap, instance, devices, freeze=not args.no_freeze)
-        plan = snapshots.with_missing_tags(plan, ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets]))
+    run = _start(args)
+    with lock.exclusive(run.ctx.paths.lock_file):
+        instance = run.ec2.describe_instance(run.ctx.metadata.instance_id)
+        plan = snapshots.plan_snapshots(run.spec, run.snapshotter, instance, run.devices, freeze=not args.no_freeze)
+        plan = snapshots.with_missing_tags(plan, run.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets]))
         if args.dry_run:
-            _print_json(plan.as_dict()) if args.json else print(plan.render())
-            return 0
-        hook_volumes = {v.mount_point: v for v in snap.get_volumes()}
-        report = snapshots.Snapshotting(ec2, devices, hooks=snap).apply(plan, hook_volumes, wait=args.wait)
+            return _show(plan, args)
+        report = snapshots.Snapshotting(run.ec2, run.devices, hooks=run.snapshotter).apply(plan, run.hook_volumes, wait=args.wait)
     if args.json:
         _print_json(report.as_dict())
-    else:
-        for mp, snap_id in sorted(report.snapshots.items()):
-            print(f"{mp}: {snap_id}")
-        print(f"frozen for {report.freeze_ms:.0f} ms")
+        return 0
+    for mp, snap_id in sorted(report.snapshots.items()):
+        print(f"{mp}: {snap_id}")
+    print(f"frozen for {report.freeze_ms:.0f} ms")
     return 0
 
 
