@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -323,9 +324,9 @@ def check_backups(args: argparse.Namespace) -> int:
         wanted = {**{k: ctx.userdata.get(k) for k in ("role", "cluster", "environment")}, **given}
         region = ctx.metadata.region
     else:
+        # All tags given: this may run on a monitoring host, where the standard region variables say where.
         wanted = given
-        imds = ImdsClient()
-        region = imds.instance_metadata().region
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ImdsClient().instance_metadata().region
     missing = [k for k, v in wanted.items() if not v]
     if missing:
         raise BadInput(f"check-backups: --{missing[0]} is needed (not in userdata either)")
