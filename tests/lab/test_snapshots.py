@@ -241,3 +241,15 @@ def test_no_freeze_and_wait(lab: Any) -> None:
     sid = made["snapshots"][str(lab.mount_root / "data0")]
     assert lab.ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "completed"
 
+
+
+def test_check_backups_from_a_monitoring_host_off_ec2(lab: Any) -> None:
+    configure(lab, volumes(lab, 1))
+    ok(lab.run("mount-snapshots", "solr"))
+    ok(lab.run("make-snapshots", "solr"))
+    lab.faults.imds_down = True
+    env = {**lab.env, "AWS_REGION": lab.region, "AWS_ACCESS_KEY_ID": "monitor", "AWS_SECRET_ACCESS_KEY": "monitor",
+           "SNAPTASTIC_IMDS_TIMEOUT": "0"}
+    result = lab.run("check-backups", "--age", "1h", "--role", "solr", "--cluster", "solr-cluster",
+                     "--environment", "test", env=env)
+    assert result.returncode == 0 and result.stdout.startswith("OK "), result.stdout + result.stderr
