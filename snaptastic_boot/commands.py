@@ -16,7 +16,7 @@ from typing import Any
 
 from snaptastic_boot import settings as settings_mod
 from snaptastic_boot import userdata as userdata_mod
-from snaptastic_boot.errors import BadInput, EnvironmentNotUsable, SnaptasticError
+from snaptastic_boot.errors import AwsError, BadInput, EnvironmentNotUsable, SnaptasticError
 from snaptastic_boot.imds import ImdsClient, InstanceMetadata
 from snaptastic_boot.model import SnapshotterSpec
 from snaptastic_boot.paths import Paths
@@ -25,6 +25,8 @@ from snaptastic_boot.stopping import GracefulStop
 
 log = logging.getLogger("snaptastic")
 
+AUTH_FAILURES = ("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
+                 "ExpiredToken", "RequestExpired", "AccessDenied", "OptInRequired")
 REQUIRED_TOOLS = ("blkid", "mount", "umount", "fsfreeze", "mkfs.ext4", "resize2fs")
 OPTIONAL_TOOLS = ("mkfs.xfs", "xfs_growfs")
 
@@ -112,6 +114,12 @@ def test(args: argparse.Namespace) -> int:
         ec2 = Ec2(metadata.region)
         instance = ec2.describe_instance(metadata.instance_id)
         print(f"credentials: ok (EC2 in {metadata.region} sees {instance['InstanceId']}, {instance.get('State', {}).get('Name', '?')})")
+    except AwsError as exc:
+        if exc.code in AUTH_FAILURES:
+            print(f"credentials: PROBLEM: {exc}")
+            problems.append("credentials")
+        else:  # EC2 answered, so the credentials work; the answer itself is worth showing
+            print(f"credentials: ok (EC2 in {metadata.region} answered: {exc.code})")
     except SnaptasticError as exc:
         print(f"credentials: PROBLEM: {exc}")
         problems.append("credentials")

@@ -88,9 +88,10 @@ class ImdsClient:
     # -- public reads -------------------------------------------------------------------------------------
 
     def instance_metadata(self) -> InstanceMetadata:
+        """From the instance identity document (one call), else from the single meta-data paths."""
         doc_text = self.get("latest/dynamic/instance-identity/document")
         if doc_text is None:
-            raise MetadataUnavailable("instance identity document not found in the metadata service")
+            return self._from_paths()
         try:
             doc: dict[str, Any] = json.loads(doc_text)
             return InstanceMetadata(
@@ -103,6 +104,21 @@ class ImdsClient:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise MetadataUnavailable(f"instance identity document is not usable: {exc!r}") from exc
+
+    def _from_paths(self) -> InstanceMetadata:
+        instance_id = self.get("latest/meta-data/instance-id")
+        zone = self.get("latest/meta-data/placement/availability-zone")
+        if not instance_id or not zone:
+            raise MetadataUnavailable("the metadata service has no instance-id or availability zone for this instance")
+        # Zones are the region plus one letter (us-east-1a); local and wavelength zones answer placement/region.
+        region = self.get("latest/meta-data/placement/region") or zone.strip()[:-1]
+        return InstanceMetadata(
+            instance_id=instance_id.strip(),
+            region=region.strip(),
+            availability_zone=zone.strip(),
+            instance_type=(self.get("latest/meta-data/instance-type") or "").strip(),
+            image_id=(self.get("latest/meta-data/ami-id") or "").strip(),
+        )
 
     def user_data(self) -> bytes | None:
         """Raw userdata, or None when the instance has none (IMDS answers 404)."""
