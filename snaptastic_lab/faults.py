@@ -19,20 +19,22 @@ IMDS_MODES = ("v2", "v2-optional", "v1-only")
 class Faults:
     """Knobs read by the EC2 middleware and the IMDS server on every request."""
 
-    latency: float
-    throttle_rate: float
-    error_rate: float
-    fail_actions: dict[str, tuple[int, str, str]]
-    hang_actions: dict[str, float]
-    volume_creating_seconds: float
-    attach_stuck: float
-    detach_seconds: float
-    snapshot_pending_seconds: float
-    device_never_appears: bool
-    imds_mode: str
-    imds_fail_for: float
-    imds_latency: float
-    imds_down: bool
+    # EC2
+    latency: float  # seconds added to every EC2 call
+    throttle_rate: float  # fraction of calls answered 400 RequestLimitExceeded
+    error_rate: float  # fraction of calls answered 503 Unavailable or 500 InternalError
+    fail_actions: dict[str, tuple[int, str, str]]  # action -> (HTTP status, error code, message), every time
+    hang_actions: dict[str, float]  # action -> seconds a call is held before EC2 sees it (dropped if abandoned)
+    volume_creating_seconds: float  # new volumes stay `creating`
+    attach_stuck: float  # attachments stay `attaching` (math.inf: for ever); the device appears at the end
+    detach_seconds: float  # detaching attachments stay `detaching`; the device leaves at once
+    snapshot_pending_seconds: float  # new snapshots stay `pending`, with growing progress
+    device_never_appears: bool  # AttachVolume succeeds but no device node is made
+    # IMDS
+    imds_mode: str  # "v2" (token required), "v2-optional", "v1-only" (no token call, 404)
+    imds_fail_for: float  # every IMDS request answers 503 for this many seconds from the moment it is set
+    imds_latency: float  # seconds added to every IMDS request
+    imds_down: bool  # connection refused while True
 
     def __init__(self, seed: int = 0) -> None:
         self._lock = threading.Lock()

@@ -6,6 +6,7 @@ Lab tests need root (loop devices, mknod, mount); without it their fixtures skip
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Before any thread exists: unshare(CLONE_NEWNS) refuses multi-threaded processes.
     try:
         enter_private_namespace()
-    except (OSError, Exception) as exc:
+    except (OSError, subprocess.CalledProcessError) as exc:
+        # Without a private namespace (or with one whose mounts still propagate) lab mounts could reach the host.
         _namespace_problem = f"lab tests need a private mount namespace: {exc}"
 
 
