@@ -101,7 +101,7 @@ def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
 def _add_clean(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clean", help="delete expired snapshots or leaked volumes of a snapshotter")
     p.add_argument("component", choices=("snapshots", "volumes"), help="what to clean")
-    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("name", metavar="NAME", nargs="?", help="snapshotter name (default: every configured one)")
     p.add_argument("--keep", type=int, default=None, metavar="K", help="always keep the newest K snapshots per mount point")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")

@@ -70,10 +70,13 @@ def _print_json(value: Any) -> None:
 
 
 def _confirm(question: str) -> bool:
-    if not sys.stdin or not sys.stdin.isatty():
-        raise BadInput(f"{question} needs confirmation; there is no terminal to ask: add --yes/--force")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    return answer in ("y", "yes", "yeay")
+    """Ask on stderr, read one line from stdin (a terminal or a pipe); no answer at all is an error."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    line = sys.stdin.readline() if sys.stdin is not None and not sys.stdin.closed else ""
+    if not line:
+        raise BadInput(f"{question.rstrip('?')}: needs confirmation and nothing answered; add --yes/--force")
+    return line.strip().lower() in ("y", "yes", "yeay")
 
 
 # -- test -----------------------------------------------------------------------------------------------------
@@ -296,15 +299,20 @@ def clean(args: argparse.Namespace) -> int:
     from snaptastic_boot import retention
 
     ctx = _context(args)
-    _, spec = ctx.snapshotter(args.name)
+    # Without a name (as the original `snaptastic clean snapshots`), every configured snapshotter.
+    specs = [ctx.snapshotter(name)[1] for name in ([args.name] if args.name else ctx.settings.names)]
+    if not specs:
+        raise BadInput("clean: no snapshotters are configured; nothing is ever cleaned without a snapshotter's tags")
     ec2 = ctx.ec2()
-    if args.component == "snapshots":
-        keep = args.keep if args.keep is not None else spec.retention.keep
-        plan = retention.plan_snapshot_cleanup(spec, ec2.describe_snapshots(retention.snapshot_filters(spec)), keep)
-        in_use = ec2.images_using_snapshots([d.snapshot_id for d in plan])
-        plan = [d for d in plan if d.snapshot_id not in in_use]
-    else:
-        plan = retention.plan_volume_cleanup(spec, ec2.describe_volumes(filters=retention.volume_filters(spec)))
+    plan: list[Any] = []
+    for spec in specs:
+        if args.component == "snapshots":
+            keep = args.keep if args.keep is not None else spec.retention.keep
+            found = retention.plan_snapshot_cleanup(spec, ec2.describe_snapshots(retention.snapshot_filters(spec)), keep)
+            in_use = ec2.images_using_snapshots([d.snapshot_id for d in found])
+            plan += [d for d in found if d.snapshot_id not in in_use]
+        else:
+            plan += retention.plan_volume_cleanup(spec, ec2.describe_volumes(filters=retention.volume_filters(spec)))
     if args.json and args.dry_run:
         _print_json([d.as_dict() for d in plan])
         return 0

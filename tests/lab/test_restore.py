@@ -291,3 +291,12 @@ def test_xfs_copy_next_to_its_origin_gets_nouuid(lab: Any) -> None:
     assert "nouuid" in options
     options_a = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", a["mount_point"]], capture_output=True, text=True).stdout
     assert "nouuid" not in options_a
+
+
+def test_unmount_confirmation_read_from_a_pipe(lab: Any) -> None:
+    configure(lab, volumes(lab, 1))
+    ok(lab.run("mount-snapshots", "solr"))
+    refused = lab.run("unmount-snapshots", "solr", input="n\n")
+    assert refused.returncode == 1 and is_mounted(lab.mount_root / "data0")
+    ok(lab.run("unmount-snapshots", "solr", input="yes\n"))
+    assert not is_mounted(lab.mount_root / "data0")

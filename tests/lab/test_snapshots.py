@@ -189,6 +189,7 @@ def test_clean_keeps_newest_k_and_deletes_only_expired_matching(lab: Any) -> Non
     newest = [_tagged_snapshot(lab, vol, mp, past) for _ in range(2)]
     preview = ok(lab.run("clean", "snapshots", "solr", "--dry-run")).stdout
     assert preview.count("would delete snapshot") == 4
+    assert ok(lab.run("clean", "snapshots", "--dry-run")).stdout == preview  # no name: every snapshotter
     ok(lab.run("clean", "snapshots", "solr", "--force"))
     left = {s["SnapshotId"] for s in lab.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
     assert set(newest) <= left and foreign in left and untagged in left
