@@ -6,6 +6,8 @@ volume id without the dash. Every path comes from `Paths`, every program runs th
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -196,12 +198,44 @@ class Devices:
             run(["xfs_growfs", mount_point], timeout=1800)
 
     # -- freezing ------------------------------------------------------------------------------------------
+    # The FIFREEZE/FITHAW ioctls are what fsfreeze(8) calls; issued from here they take microseconds instead of
+    # a process start each, which keeps the freeze window one API round trip wide for any number of volumes.
+
+    @staticmethod
+    def flush(mount_point: str) -> None:
+        """Write dirty data out before freezing, so that the freeze itself has little left to do."""
+        run(["sync", "--file-system", mount_point], timeout=600)
 
     @staticmethod
     def freeze(mount_point: str) -> None:
-        run(["fsfreeze", "--freeze", mount_point], timeout=60)
+        _ioctl(mount_point, FIFREEZE, "freeze")
 
     @staticmethod
     def thaw(mount_point: str) -> None:
-        # Exit code 1 with "Invalid argument" means it was not frozen: thawing twice is fine.
-        run(["fsfreeze", "--unfreeze", mount_point], ok_codes=(0, 1), timeout=60)
+        try:
+            _ioctl(mount_point, FITHAW, "thaw")
+        except _NotFrozen:
+            pass  # thawing twice is fine
+
+
+FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+
+
+class _NotFrozen(Exception):
+    pass
+
+
+def _ioctl(mount_point: str, request: int, what: str) -> None:
+    try:
+        fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OperationFailed(f"cannot {what} {mount_point}: {exc.strerror}") from exc
+    try:
+        fcntl.ioctl(fd, request, 0)
+    except OSError as exc:
+        if request == FITHAW and exc.errno == errno.EINVAL:
+            raise _NotFrozen() from exc
+        raise OperationFailed(f"cannot {what} {mount_point}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)

@@ -164,6 +164,8 @@ class Snapshotting:
             if t.mount_point in hook_volumes:
                 self._hook("pre_snapshot", hook_volumes[t.mount_point])
         mount_points = [t.mount_point for t in plan.targets] if plan.freeze else []
+        for mp in mount_points:
+            self.devices.flush(mp)
         api_started = api_done = 0.0
         with frozen(mount_points, self.devices.freeze, self.devices.thaw, self.max_freeze) as window:
             api_started = time.monotonic()
