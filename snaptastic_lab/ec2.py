@@ -13,6 +13,8 @@ differs from AWS's documented behaviour:
 - AttachVolume refuses a volume that is still `creating`, already attached or in another zone, an instance
   that is not running, and a device name already in use.
 - ModifyInstanceAttribute naming an unmapped device is a 400, not moto's HTTP 500.
+- RegisterImage remembers the snapshots of its block device mapping, and DescribeImages answers the
+  `block-device-mapping.snapshot-id` filter with them (moto ignores the one and refuses the other).
 - A DetachVolume of a volume whose device is still mounted stays `busy`, as on EC2, and completes once it is
   unmounted.
 - Snapshot StartTime: moto's EC2 serializer writes every timestamp as `...:SS.000Z`; the lab gives each
@@ -41,6 +43,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from moto.ec2.models.elastic_block_store import Snapshot, Volume
@@ -165,6 +168,7 @@ class Ec2Emulator:
         self._client_tokens: dict[str, tuple[dict[str, str], Answer, str]] = {}
         self._pending_attach: dict[str, tuple[float, str, bool]] = {}
         self._pending_detach: dict[str, tuple[str, float]] = {}
+        self._image_snapshots: dict[str, set[str]] = {}
         self._last_start = datetime(2000, 1, 1)
         self.stopped = threading.Event()
 
@@ -578,6 +582,49 @@ class Ec2Emulator:
             for index, owner in enumerate(owners, start=1):
                 params[f"Filter.{number}.Value.{index}"] = self.account_id if owner == "self" else owner
         return self._with_start_times(self.forward(environ, params))
+
+    def _do_RegisterImage(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        # moto ignores BlockDeviceMapping.N.Ebs.SnapshotId; remember which snapshots back the image.
+        answer = self.forward(environ, params)
+        found = re.search(rb"<imageId>(ami-[0-9a-f]+)</imageId>", answer[2])
+        if answer[0].startswith("200") and found:
+            self._image_snapshots[found.group(1).decode()] = {
+                v for k, v in params.items() if k.startswith("BlockDeviceMapping.") and k.endswith(".Ebs.SnapshotId")
+            }
+        return answer
+
+    def _do_DescribeImages(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        # moto does not know the `block-device-mapping.snapshot-id` filter; EC2 documents it.
+        number = next((n for n in range(1, 100) if params.get(f"Filter.{n}.Name") == "block-device-mapping.snapshot-id"), None)
+        if number is None:
+            return self.forward(environ, params)
+        wanted = set(_indexed(params, f"Filter.{number}.Value"))
+        images = [ami_id for ami_id, snaps in self._image_snapshots.items() if snaps & wanted]
+        params = {k: v for k, v in params.items() if not k.startswith(f"Filter.{number}.")}
+        if not images:
+            return _ok(f'<?xml version="1.0" encoding="UTF-8"?>\n<DescribeImagesResponse xmlns="{XMLNS}">'
+                       f"<requestId>{uuid.uuid4()}</requestId><imagesSet/></DescribeImagesResponse>")
+        for index, ami_id in enumerate(images, start=1):
+            params[f"ImageId.{index}"] = ami_id
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        # moto describes its own auto-created root snapshot; add the snapshots the image was registered with.
+        root = ElementTree.fromstring(answer[2])
+        uri = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""  # moto's has no trailing slash
+        ns = {"ec2": uri}
+        ElementTree.register_namespace("", uri)
+        for item in root.findall("ec2:imagesSet/ec2:item", ns):
+            ami_id = item.findtext("ec2:imageId", default="", namespaces=ns)
+            mapping = item.find("ec2:blockDeviceMapping", ns)
+            if mapping is None:
+                mapping = ElementTree.SubElement(item, f"{{{uri}}}blockDeviceMapping")
+            for index, snap in enumerate(sorted(self._image_snapshots.get(ami_id, ())), start=1):
+                entry = ElementTree.SubElement(mapping, f"{{{uri}}}item")
+                ElementTree.SubElement(entry, f"{{{uri}}}deviceName").text = f"/dev/sd{chr(ord('e') + index)}"
+                ebs = ElementTree.SubElement(entry, f"{{{uri}}}ebs")
+                ElementTree.SubElement(ebs, f"{{{uri}}}snapshotId").text = snap
+        return answer[0], answer[1], ElementTree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
     def _do_DeleteSnapshot(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
         answer = self.forward(environ, params)

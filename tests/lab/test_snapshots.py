@@ -254,3 +254,17 @@ def test_check_backups_from_a_monitoring_host_off_ec2(lab: Any) -> None:
     result = lab.run("check-backups", "--age", "1h", "--role", "solr", "--cluster", "solr-cluster",
                      "--environment", "test", env=env)
     assert result.returncode == 0 and result.stdout.startswith("OK "), result.stdout + result.stderr
+
+
+def test_clean_skips_snapshots_an_ami_uses(lab: Any) -> None:
+    configure(lab, volumes(lab, 1), retention={"days": 7, "keep": 1})
+    mp = str(lab.mount_root / "data0")
+    vol = lab.ec2.create_volume(AvailabilityZone=lab.availability_zone, Size=1)["VolumeId"]
+    in_ami = _tagged_snapshot(lab, vol, mp, "2020-01-01T00:00:00Z")
+    expired = _tagged_snapshot(lab, vol, mp, "2020-01-01T00:00:00Z")
+    _tagged_snapshot(lab, vol, mp, "2020-01-01T00:00:00Z")
+    lab.ec2.register_image(Name="uses-snapshot", RootDeviceName="/dev/sda1", BlockDeviceMappings=[
+        {"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": in_ami}}])
+    ok(lab.run("clean", "snapshots", "solr", "--force"))
+    left = {s["SnapshotId"] for s in lab.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert in_ami in left and expired not in left
