@@ -265,45 +265,16 @@ class Restorer:
         for step in plan.steps:
             if step.mount_point in hook_volumes:
                 self._hook("pre_mount", hook_volumes[step.mount_point])
-        steps = list(plan.steps)
-        if plan.wait_pending:
-            steps = self._wait_for_pending(plan, steps)
+        steps = self._wait_for_pending(plan, list(plan.steps)) if plan.wait_pending else list(plan.steps)
         results = {s.mount_point: VolumeResult(s.mount_point, s.volume_id or "", s.device, action=s.action,
                                                snapshot_id=s.snapshot.snapshot_id if s.snapshot else None)
                    for s in steps}
         self.stop.check("waiting for snapshots")
-        created = self._create(plan, [s for s in steps if s.action == CREATE])
-        for mp, volume_id in created.items():
-            results[mp].volume_id = volume_id
-        steps = [s if s.action != CREATE else replace(s, volume_id=created[s.mount_point]) for s in steps]
+        steps = self._create_all(plan, steps, results)
         self.stop.check("creating volumes")
-        to_attach = [s for s in steps if s.action in (CREATE, ATTACH)]
-        if to_attach:
-            label = _labeller(to_attach)
-            waits.until("volumes available", [s.volume_id or "" for s in to_attach], self._volume_states,
-                        lambda v: v["State"] == "available", failed=_volume_failed, label=label,
-                        limit=waits.timeout(VOLUME_WAIT))
-            self.stop.check("waiting for volumes")
-            self._parallel(lambda s: self.ec2.attach_volume(s.volume_id or "", plan.instance_id, s.device), to_attach)
-            waits.until("volumes attached", [s.volume_id or "" for s in to_attach], self._volume_states,
-                        lambda v: _attachment_state(v, plan.instance_id) == "attached", failed=_volume_failed,
-                        label=label, limit=waits.timeout(ATTACH_WAIT))
-            self.ec2.set_delete_on_termination(
-                plan.instance_id, {s.device: s.spec.delete_on_termination for s in to_attach})
-            self.stop.check("attaching volumes")
-        still_attaching = [s for s in steps if s.action == MOUNT and s.attaching]
-        if still_attaching:
-            # An earlier run's attachment that had not completed yet.
-            waits.until("volumes attached", [s.volume_id or "" for s in still_attaching], self._volume_states,
-                        lambda v: _attachment_state(v, plan.instance_id) == "attached", failed=_volume_failed,
-                        label=_labeller(still_attaching), limit=waits.timeout(ATTACH_WAIT))
-        pending_devices = [s for s in steps if s.action != MOUNTED]
-        local = self._wait_for_devices(pending_devices)
-        self.stop.check("waiting for block devices")
-        self._parallel(lambda s: self._prepare(s, local[s.mount_point], results[s.mount_point]), pending_devices)
-        for s in steps:
-            if s.action == MOUNTED:
-                self._check_mounted(s, results[s.mount_point])
+        self._attach_all(plan, steps)
+        self.stop.check("attaching volumes")
+        self._mount_all(steps, results)
         changed = self._write_fstab(steps, results)
         for step in plan.steps:
             if step.mount_point in hook_volumes:
@@ -311,6 +282,40 @@ class Restorer:
         self._hook("post_mounts", volumes_for_hooks)
         return RestoreReport(plan.snapshotter, plan.instance_id, [results[s.mount_point] for s in steps],
                              dict(self.ec2.calls), round(time.monotonic() - started, 3), changed)
+
+    # -- phases: each handles every volume of the run together ---------------------------------------------
+
+    def _create_all(self, plan: RestorePlan, steps: list[VolumeStep], results: dict[str, VolumeResult]) -> list[VolumeStep]:
+        created = self._create(plan, [s for s in steps if s.action == CREATE])
+        for mp, volume_id in created.items():
+            results[mp].volume_id = volume_id
+        return [replace(s, volume_id=created[s.mount_point]) if s.action == CREATE else s for s in steps]
+
+    def _attach_all(self, plan: RestorePlan, steps: list[VolumeStep]) -> None:
+        to_attach = [s for s in steps if s.action in (CREATE, ATTACH)]
+        # Attachments an earlier run started and that have not completed yet are waited for with the new ones.
+        to_wait = to_attach + [s for s in steps if s.action == MOUNT and s.attaching]
+        if to_attach:
+            waits.until("volumes available", [s.volume_id or "" for s in to_attach], self._volume_states,
+                        lambda v: v["State"] == "available", failed=_volume_failed, label=_labeller(to_attach),
+                        limit=waits.timeout(VOLUME_WAIT))
+            self.stop.check("waiting for volumes")
+            self._parallel(lambda s: self.ec2.attach_volume(s.volume_id or "", plan.instance_id, s.device), to_attach)
+        if to_wait:
+            waits.until("volumes attached", [s.volume_id or "" for s in to_wait], self._volume_states,
+                        lambda v: _attachment_state(v, plan.instance_id) == "attached", failed=_volume_failed,
+                        label=_labeller(to_wait), limit=waits.timeout(ATTACH_WAIT))
+        if to_attach:
+            self.ec2.set_delete_on_termination(plan.instance_id, {s.device: s.spec.delete_on_termination for s in to_attach})
+
+    def _mount_all(self, steps: list[VolumeStep], results: dict[str, VolumeResult]) -> None:
+        pending = [s for s in steps if s.action != MOUNTED]
+        local = self._wait_for_devices(pending)
+        self.stop.check("waiting for block devices")
+        self._parallel(lambda s: self._prepare(s, local[s.mount_point], results[s.mount_point]), pending)
+        for s in steps:
+            if s.action == MOUNTED:
+                self._check_mounted(s, results[s.mount_point])
 
     # -- steps ---------------------------------------------------------------------------------------------
 

@@ -56,16 +56,14 @@ def test_volume_stuck_creating_then_rerun_reuses_it(lab: Any) -> None:
 
 def test_attachment_stuck_then_rerun_converges(lab: Any) -> None:
     configure(lab, volumes(lab, 1))
-    lab.faults.attach_stuck = 5.0
-    started = time.monotonic()
+    lab.faults.attach_stuck = 8.0
     result = lab.run("mount-snapshots", "solr", env=short_waits(lab))
     assert result.returncode == 1
     (vol,) = our_volumes(lab)
     assert f"volumes attached: gave up after 2s waiting for {vol['VolumeId']} (/dev/sdf" in result.stderr
     assert not is_mounted(lab.mount_root / "data0")
     lab.faults.attach_stuck = 0
-    # The next run finds the attachment still `attaching`, waits for it, and mounts.
-    assert time.monotonic() - started < 5
+    # The next run finds the attachment still `attaching` (or done, on a slow machine), waits, and mounts.
     ok(lab.run("mount-snapshots", "solr"))
     assert [v["VolumeId"] for v in our_volumes(lab)] == [vol["VolumeId"]]
     assert is_mounted(lab.mount_root / "data0")
