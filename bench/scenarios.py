@@ -173,6 +173,7 @@ def summarize_volumes(points: list[dict[str, Any]], latency: float) -> tuple[lis
             "freeze_ms": round(freeze, 1),
             "freeze_runs_ms": [s["freeze_ms"] for s in snaps],
             "api_ms": round(median([s["api_ms"] for s in snaps]), 1),
+            "outside_call_ms": round(median([s["freeze_ms"] - s["api_ms"] for s in snaps]), 1),
             "round_trip_ms": rtt,
             "latency_ms": round(latency * 1000, 1),
             "ratio": round(freeze / rtt, 2) if rtt > 0 else None,
