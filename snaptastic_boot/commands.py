@@ -278,8 +278,11 @@ def make_snapshots(args: argparse.Namespace) -> int:
     run = _start(args)
     with lock.exclusive(run.ctx.paths.lock_file):
         instance = run.ec2.describe_instance(run.ctx.metadata.instance_id)
-        plan = snapshots.plan_snapshots(run.spec, run.snapshotter, instance, run.devices, freeze=not args.no_freeze)
-        plan = snapshots.with_missing_tags(plan, run.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets]))
+        plan = snapshots.plan_snapshots(run.spec, snapshots.description(run.snapshotter, run.spec), instance,
+                                        run.devices.mounts(), snapshots.local_devices(run.devices, instance),
+                                        freeze=not args.no_freeze)
+        volumes = run.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets])
+        plan = snapshots.with_missing_tags(plan, run.spec.filter_tags, volumes)
         if args.dry_run:
             return _show(plan, args)
         report = snapshots.Snapshotting(run.ec2, run.devices, hooks=run.snapshotter).apply(plan, run.hook_volumes, wait=args.wait)

@@ -11,11 +11,12 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from snaptastic_boot import times, waits
-from snaptastic_boot.devices import Devices
+from snaptastic_boot.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tags_of
 from snaptastic_boot.errors import AwsError, BadInput, OperationFailed, UnsafeOperation
 from snaptastic_boot.freeze import frozen, max_freeze_seconds
@@ -78,38 +79,54 @@ class SnapshotReport:
         return asdict(self)
 
 
-def plan_snapshots(spec: SnapshotterSpec, snapshotter: Any, instance: dict[str, Any], devices: Devices,
-                   freeze: bool = True, now: dt.datetime | None = None) -> SnapshotPlan:
+def block_devices(instance: dict[str, Any]) -> list[tuple[str, str]]:
+    """(device name, volume id) of every EBS volume attached to the instance."""
+    return [(m["DeviceName"], m["Ebs"]["VolumeId"]) for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]
+
+
+def local_devices(devices: Devices, instance: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """volume id -> (local device path, major:minor) for the attached volumes whose device is present."""
+    out = {}
+    for dev, vid in block_devices(instance):
+        path = devices.find(vid, dev)
+        if path is not None:
+            out[vid] = (str(path), devices.major_minor(path))
+    return out
+
+
+def plan_snapshots(spec: SnapshotterSpec, description: str, instance: dict[str, Any], mounts: Sequence[Mount],
+                   local: dict[str, tuple[str, str]], freeze: bool = True, now: dt.datetime | None = None) -> SnapshotPlan:
     """Map each configured mount point to its EBS volume through the instance's block device mapping."""
     now = now or times.now()
     instance_id = instance["InstanceId"]
     root_device = instance.get("RootDeviceName", "")
-    mappings = [(m["DeviceName"], m["Ebs"]["VolumeId"]) for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]
-    root_mount = devices.mount_at("/")
-    mounts = {m.mount_point: m for m in devices.mounts()}
-    local = {vid: devices.find(vid, dev) for dev, vid in mappings}
+    mappings = block_devices(instance)
+    by_mount = {m.mount_point: m for m in mounts}
+    root_mount = by_mount.get("/")
     targets: list[Target] = []
     for v in spec.volumes:
-        mount = mounts.get(v.mount_point)
+        mount = by_mount.get(v.mount_point)
         if mount is None:
             raise OperationFailed(f"{v.mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)")
         if v.mount_point == "/" or (root_mount is not None and mount.major_minor == root_mount.major_minor):
             raise UnsafeOperation(f"{v.mount_point} is the root filesystem; refusing to freeze it")
-        match = [(dev, vid) for dev, vid in mappings
-                 if local.get(vid) is not None and devices.major_minor(local[vid]) == mount.major_minor]  # type: ignore[arg-type]
+        match = [(dev, vid) for dev, vid in mappings if vid in local and local[vid][1] == mount.major_minor]
         if not match:
             raise OperationFailed(f"{v.mount_point} is mounted from {mount.source}, which is not an EBS volume attached to {instance_id}")
         dev, vid = match[0]
         if dev == root_device:
             raise UnsafeOperation(f"{v.mount_point} is on the boot volume {vid}; refusing to freeze it")
-        devices.verify_identity(local[vid], vid)  # type: ignore[arg-type]
-        targets.append(Target(v.mount_point, vid, dev, str(local[vid]), {}))
+        targets.append(Target(v.mount_point, vid, dev, local[vid][0], {}))
     wanted = {t.volume_id for t in targets}
     exclude = tuple(sorted(vid for dev, vid in mappings if vid not in wanted and dev != root_device))
     expires = now + dt.timedelta(days=spec.retention.days)
     tags = {**spec.filter_tags, "instance_id": instance_id, "created": iso(now), "expires": iso(expires)}
-    description = _description(snapshotter, spec, [t.mount_point for t in targets])
-    return SnapshotPlan(spec.name, instance_id, tuple(targets), exclude, tags, description, freeze, iso(expires))
+    return SnapshotPlan(spec.name, instance_id, tuple(targets), exclude, tags, description[:255], freeze, iso(expires))
+
+
+def description(snapshotter: Any, spec: SnapshotterSpec) -> str:
+    """Like the original's "<cluster> snapshot of <mount point>"; one text for all snapshots of one call."""
+    return _description(snapshotter, spec, [v.mount_point for v in spec.volumes])
 
 
 def _description(snapshotter: Any, spec: SnapshotterSpec, mount_points: Sequence[str]) -> str:
@@ -125,18 +142,16 @@ def _description(snapshotter: Any, spec: SnapshotterSpec, mount_points: Sequence
     return text[:255]
 
 
-def with_missing_tags(plan: SnapshotPlan, volumes: Sequence[dict[str, Any]]) -> SnapshotPlan:
-    """Volumes made by hand or by an old tool may lack our tags; they must carry them to be copied."""
+def with_missing_tags(plan: SnapshotPlan, filter_tags: dict[str, str], volumes: Sequence[dict[str, Any]]) -> SnapshotPlan:
+    """Note, per target, which of the tags the next boot searches for its volume lacks (made by hand or by
+    another tool): copying the volume's tags would not give its snapshot those."""
     by_id = {v["VolumeId"]: tags_of(v) for v in volumes}
     targets = []
-    filter_keys = [k for k in plan.tags if k not in ("instance_id", "created", "expires")]
     for t in plan.targets:
         have = by_id.get(t.volume_id, {})
-        want = {**{k: plan.tags[k] for k in filter_keys}, "mount_point": t.mount_point}
-        missing = {k: v for k, v in want.items() if have.get(k) != v}
-        targets.append(Target(t.mount_point, t.volume_id, t.device, t.local_device, missing))
-    return SnapshotPlan(plan.snapshotter, plan.instance_id, tuple(targets), plan.exclude_volume_ids, plan.tags,
-                        plan.description, plan.freeze, plan.expires)
+        want = {**filter_tags, "mount_point": t.mount_point}
+        targets.append(replace(t, missing_tags={k: v for k, v in want.items() if have.get(k) != v}))
+    return replace(plan, targets=tuple(targets))
 
 
 class Snapshotting:
@@ -151,6 +166,8 @@ class Snapshotting:
             raise BadInput(f"snapshotter '{plan.snapshotter}' has no volumes to snapshot")
         vols = [hook_volumes[t.mount_point] for t in plan.targets if t.mount_point in hook_volumes]
         for t in plan.targets:
+            # The device must still be the volume the snapshot is going to be of.
+            self.devices.verify_identity(Path(t.local_device), t.volume_id)
             # A run killed while frozen leaves the filesystem frozen until someone thaws it: do that first.
             self.devices.thaw(t.mount_point)
         untagged = [t.volume_id for t in plan.targets if t.missing_tags]
