@@ -10,7 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-COMMAND = "sudo bench/run --json bench/last.json --markdown bench/PERFORMANCE.md"
+COMMAND = "sudo bench/run --json bench/last.json --markdown bench/PERFORMANCE.md   # last.json is not committed"
 
 
 def machine(python: str) -> dict[str, Any]:
