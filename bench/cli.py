@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="where lab directories go (default: the system temp directory)")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the results as JSON to PATH (or stdout)")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a '## Performance' section with the table to PATH")
+    p.add_argument("--compare", type=Path, metavar="PATH", help="also show the change against an earlier run's JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     try:
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     result["memory"] = {"n": biggest["n"], "maxrss_kb": biggest["maxrss_kb"]}
     result["targets"] = report.targets(result)
     text = report.table(result)
-    print(text, file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+    shown = sys.stderr if args.json == "-" else sys.stdout
+    print(text, file=shown, flush=True)
+    if args.compare:
+        print("\n" + report.comparison(json.loads(args.compare.read_text()), result), file=shown, flush=True)
     if args.json == "-":
         json.dump(result, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

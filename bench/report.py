@@ -170,3 +170,38 @@ def markdown(result: dict[str, Any], text: str) -> str:
         "```",
         "",
     ])
+
+
+def metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a run, by name, for comparing two runs' JSON."""
+    out: dict[str, float] = {}
+    for r in result.get("mount_snapshots", []):
+        out[f"mount-snapshots N={r['n']} wall s"] = r["wall_s"]
+        out[f"mount-snapshots N={r['n']} EC2 calls"] = r["calls"]
+    for r in result.get("make_snapshots", []):
+        out[f"make-snapshots N={r['n']} freeze ms"] = r["freeze_ms"]
+        out[f"make-snapshots N={r['n']} freeze / round trip"] = r["ratio"]
+    res = result.get("resolution") or {}
+    if res:
+        out[f"resolution of {res['snapshots']} snapshots ms"] = res["resolution_ms"]
+        out["resolution DescribeSnapshots pages"] = res["pages"]
+    start = result.get("startup") or {}
+    for key, name in (("version_ms", "--version ms"), ("help_ms", "--help ms"), ("first_ec2_call_ms", "first EC2 call ms")):
+        if key in start:
+            out[name] = start[key]
+    mem = result.get("memory") or {}
+    if mem:
+        out[f"peak RSS of {mem['n']}-volume restore MiB"] = round(mem["maxrss_kb"] / 1024, 1)
+    return out
+
+
+def comparison(before: dict[str, Any], now: dict[str, Any]) -> str:
+    old, new = metrics(before), metrics(now)
+    lines = [f"compared with the run of {before.get('taken', '?')} (latency {before.get('parameters', {}).get('latency_ms', '?')} ms):",
+             f"   {'metric':<44}  {'before':>9}  {'now':>9}  {'change':>7}"]
+    for name, value in new.items():
+        if name not in old or value is None or old[name] is None:
+            continue
+        change = f"{(value - old[name]) / old[name] * 100:+.0f}%" if old[name] else ""
+        lines.append(f"   {name:<44}  {old[name]:>9g}  {value:>9g}  {change:>7}")
+    return "\n".join(lines)

@@ -93,3 +93,11 @@ def test_table_and_markdown(result: dict) -> None:
         assert marker in result["_stdout"]
     assert result["_markdown"].startswith("## Performance") and "nproc" in result["_markdown"]
     assert "bench/run" in result["_markdown"]
+
+
+def test_two_runs_compare(result: dict) -> None:
+    from bench import report
+
+    text = report.comparison(result, result)
+    assert f"mount-snapshots N={max(SIZES)} wall s" in text and "first EC2 call ms" in text
+    assert all(line.rstrip().endswith(("+0%", "-0%")) for line in text.splitlines()[2:] if line.strip())
