@@ -123,6 +123,8 @@ def table(result: dict[str, Any]) -> str:
         f"only matching returned: {_mark(marks['snapshot resolution: snapshots returned'])}; "
         f"newest chosen: {_mark(marks['snapshot resolution: newest matching snapshot chosen'])}",
     ]
+    if res.get("lab_tag_lookup"):
+        lines.append(f"   lab: moto's tag lookup {res['lab_tag_lookup']}")
     if res.get("baseline"):
         b = res["baseline"]
         lines.append(f"   same with only the {b['snapshots']} matching snapshots in the account: "
