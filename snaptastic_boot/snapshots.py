@@ -70,6 +70,7 @@ class SnapshotReport:
     snapshotter: str
     snapshots: dict[str, str]
     freeze_ms: float
+    blocked_ms: float
     api_ms: float
     watchdog_fired: bool
     fallback: bool
@@ -204,7 +205,8 @@ class Snapshotting:
                         lambda s: s.get("State") == "completed",
                         failed=lambda s: "failed" if s.get("State") == "error" else None,
                         limit=waits.timeout(SNAPSHOT_WAIT))
-        return SnapshotReport(plan.snapshotter, result, round(window.max_ms, 1), round((api_done - api_started) * 1000, 1),
+        return SnapshotReport(plan.snapshotter, result, round(window.max_ms, 1), round(window.blocked_ms, 1),
+                              round((api_done - api_started) * 1000, 1),
                               window.watchdog_fired, fallback, dict(self.ec2.calls))
 
     def _take(self, plan: SnapshotPlan, per_volume: bool) -> tuple[list[dict[str, Any]], bool]:

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from snaptastic_boot import freeze as freeze_mod
+from snaptastic_boot.errors import OperationFailed
+
+
+@pytest.fixture(autouse=True)
+def no_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(freeze_mod, "_start_guard", lambda *_: None)
+
+
+class Fake:
+    def __init__(self, slow: float = 0.0, fail: str | None = None) -> None:
+        self.frozen: set[str] = set()
+        self.log: list[str] = []
+        self.slow = slow
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def freeze(self, mp: str) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.slow)
+        with self.lock:
+            self.in_flight -= 1
+        if mp == self.fail:
+            raise OperationFailed(f"cannot freeze {mp}")
+        with self.lock:
+            self.frozen.add(mp)
+            self.log.append(f"freeze {mp}")
+
+    def thaw(self, mp: str) -> None:
+        with self.lock:
+            self.frozen.discard(mp)
+            self.log.append(f"thaw {mp}")
+
+
+def test_all_frozen_together_then_all_thawed() -> None:
+    fake = Fake(slow=0.2)
+    mps = [f"/mnt/{i}" for i in range(8)]
+    with freeze_mod.frozen(mps, fake.freeze, fake.thaw, max_seconds=30) as window:
+        assert fake.frozen == set(mps)
+    assert fake.frozen == set()
+    assert fake.most_in_flight == 8  # all freezes in the kernel at once, not one after another
+    assert window.max_ms < window.blocked_ms
+
+
+def test_a_failing_freeze_thaws_the_others() -> None:
+    fake = Fake(fail="/mnt/2")
+    with pytest.raises(OperationFailed, match="cannot freeze /mnt/2"):
+        with freeze_mod.frozen(["/mnt/1", "/mnt/2", "/mnt/3"], fake.freeze, fake.thaw):
+            raise AssertionError("not reached")
+    assert fake.frozen == set()
+
+
+def test_an_error_inside_thaws() -> None:
+    fake = Fake()
+    with pytest.raises(RuntimeError):
+        with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw):
+            raise RuntimeError("the API call failed")
+    assert fake.frozen == set()
+
+
+def test_watchdog_thaws_when_the_bound_passes() -> None:
+    fake = Fake()
+    with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw, max_seconds=0.2) as window:
+        time.sleep(0.5)
+        assert fake.frozen == set() and window.watchdog_fired
+    assert fake.log.count("thaw /mnt/1") == 1
