@@ -35,8 +35,27 @@ def make_sparse(path: Path, size_gib: int) -> None:
 
 
 def copy_sparse(source: Path, target: Path) -> None:
+    """Copy only the data regions (SEEK_DATA/SEEK_HOLE) with copy_file_range, in this process: a snapshot of
+    a mostly empty volume takes microseconds, not a `cp` process start, which matters when EC2 is meant to
+    answer a CreateSnapshots call of 16 volumes in about one round trip."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    run(["cp", "--sparse=always", str(source), str(target)], timeout=600)
+    size = source.stat().st_size
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.truncate(size)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < end:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
+                if copied == 0:
+                    break
+                position += copied
+            offset = end
 
 
 def loops_for(path: Path) -> list[str]:
