@@ -102,15 +102,17 @@ def table(result: dict[str, Any]) -> str:
         "",
         "2. make-snapshots, N mounted volumes: freeze window (max over volumes) against one API round trip",
         "   (round trip: DescribeInstances from the bench at the same latency; CreateSnapshots ms: that call as the",
-        "   agent timed it, lab work included; outside: frozen but not in the call, i.e. freezing and thawing)",
+        "   agent timed it, lab work included; outside: frozen but not in the call, i.e. freezing and thawing;",
+        "   writes held: from the start of the freeze calls, which flush what the filesystem still had dirty)",
         f"   {'N':>3}  {'freeze ms':>9}  {'round trip ms':>13}  {'freeze/rt':>9}  {'<=1.5':<5}  "
-        f"{'CreateSnapshots ms':>18}  {'outside ms':>10}  {'calls':>5}  {'==1':<5}",
+        f"{'CreateSnapshots ms':>18}  {'outside ms':>10}  {'writes held ms':>14}  {'calls':>5}  {'==1':<5}",
     ]
     for r in result["make_snapshots"]:
         ok = marks[f"make-snapshots N={r['n']}: freeze / round trip"]
         one = marks[f"make-snapshots N={r['n']}: CreateSnapshots calls while frozen"]
         lines.append(f"   {r['n']:>3}  {r['freeze_ms']:>9.1f}  {r['round_trip_ms']:>13.1f}  {r['ratio']:>9.2f}  {_mark(ok):<5}  "
-                     f"{r['api_ms']:>18.1f}  {r['outside_call_ms']:>10.1f}  {r['create_snapshots_calls']:>5}  {_mark(one):<5}")
+                     f"{r['api_ms']:>18.1f}  {r['outside_call_ms']:>10.1f}  {r.get('blocked_ms', r['freeze_ms']):>14.1f}  "
+                     f"{r['create_snapshots_calls']:>5}  {_mark(one):<5}")
     res = result["resolution"]
     lines += [
         "",

@@ -129,6 +129,7 @@ def volumes_point(opts: Options, n: int) -> dict[str, Any]:
             snapshots.append({
                 "wall_s": round(made.wall_s, 3),
                 "freeze_ms": made_report["freeze_ms"],
+                "blocked_ms": made_report.get("blocked_ms", made_report["freeze_ms"]),
                 "api_ms": made_report["api_ms"],
                 "snapshots": len(made_report["snapshots"]),
                 "create_snapshots_calls": made_counts.get("CreateSnapshots", 0),
@@ -172,6 +173,7 @@ def summarize_volumes(points: list[dict[str, Any]], latency: float) -> tuple[lis
             "n": n,
             "freeze_ms": round(freeze, 1),
             "freeze_runs_ms": [s["freeze_ms"] for s in snaps],
+            "blocked_ms": round(median([s["blocked_ms"] for s in snaps]), 1),
             "api_ms": round(median([s["api_ms"] for s in snaps]), 1),
             "outside_call_ms": round(median([s["freeze_ms"] - s["api_ms"] for s in snaps]), 1),
             "round_trip_ms": rtt,

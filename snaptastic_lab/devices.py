@@ -7,6 +7,7 @@ volume: `xvdf` for a requested `/dev/sdf` on Xen instances, `nvme<K>n1` on Nitro
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -34,13 +35,22 @@ def make_sparse(path: Path, size_gib: int) -> None:
             handle.truncate(size_gib * GIB)
 
 
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+
+
 def copy_sparse(source: Path, target: Path) -> None:
-    """Copy only the data regions (SEEK_DATA/SEEK_HOLE) with copy_file_range, in this process: a snapshot of
-    a mostly empty volume takes microseconds, not a `cp` process start, which matters when EC2 is meant to
-    answer a CreateSnapshots call of 16 volumes in about one round trip."""
+    """Copy an image as EBS does a snapshot: a copy-on-write clone where the image store supports it (the
+    lab's xfs store does, see `ImageStore`), else only the data regions (SEEK_DATA/SEEK_HOLE) with
+    copy_file_range. Either way in this process, so that the lab answers CreateSnapshots of 16 volumes in
+    about one round trip, as EC2 does."""
     target.parent.mkdir(parents=True, exist_ok=True)
     size = source.stat().st_size
     with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:
+            pass  # no reflinks here (or across file systems): copy the data
         dst.truncate(size)
         offset = 0
         while offset < size:
@@ -95,6 +105,41 @@ def mounts_of(rdev: int) -> list[str]:
             if fields[2] == wanted:
                 found.append(_unescape(fields[4]))
     return found
+
+
+class ImageStore:
+    """An xfs file system with reflinks, on a sparse file under the workdir, that holds the volume and
+    snapshot images: a snapshot is then a clone that shares blocks with its volume until either changes,
+    much as EBS snapshots share blocks. Without mkfs.xfs (or if mounting fails) the images stay in plain
+    directories and are copied."""
+
+    SIZE = 1 << 40  # sparse: only what is written takes room
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.image = root.with_suffix(".img")
+        self.mounted = False
+
+    def open(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if shutil.which("mkfs.xfs") is not None:
+            with open(self.image, "wb") as f:
+                f.truncate(self.SIZE)
+            made = subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(self.image)], capture_output=True, check=False)
+            mounted = made.returncode == 0 and subprocess.run(
+                ["mount", "-o", "loop", str(self.image), str(self.root)], capture_output=True, check=False
+            ).returncode == 0
+            self.mounted = mounted
+            if not mounted:
+                self.image.unlink(missing_ok=True)
+        return self.root
+
+    def close(self) -> None:
+        if self.mounted:
+            if subprocess.run(["umount", str(self.root)], capture_output=True, check=False).returncode != 0:
+                lazy_unmount(str(self.root))
+            self.mounted = False
+        self.image.unlink(missing_ok=True)
 
 
 def mounts_under(root: Path) -> list[str]:

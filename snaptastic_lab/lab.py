@@ -100,21 +100,19 @@ class Lab:
         self.endpoint = ""
         self.account_id = ""
         self._started = False
+        self._store = devices.ImageStore(self.workdir / "store")
 
     # Life cycle
 
     def start(self) -> Lab:
-        for path in (
-            self.dev_root,
-            self.sys_root / "block",
-            self.fstab.parent,
-            self.run_dir,
-            self.mount_root,
-            self.workdir / "volumes",
-            self.workdir / "snapshots",
-            self.workdir / "aws",
-        ):
+        for path in (self.dev_root, self.sys_root / "block", self.fstab.parent, self.run_dir, self.mount_root, self.workdir / "aws"):
             path.mkdir(parents=True, exist_ok=True)
+        store = self._store.open()
+        for name in ("volumes", "snapshots"):
+            (store / name).mkdir(exist_ok=True)
+            link = self.workdir / name
+            if not link.exists():
+                link.symlink_to(store / name)
         self.fstab.write_text(f"# /etc/fstab: static file system information.\nUUID={uuid.uuid4()} / ext4 defaults,discard 0 1\n")
         self.account_id = _claim_account()
         self._started = True
@@ -165,6 +163,8 @@ class Lab:
         if self._emulator is not None:
             self._emulator.stopped.set()  # calls held by hang_actions are dropped, not processed
         for point in devices.mounts_under(self.workdir):
+            if point == str(self._store.root):
+                continue  # the image store goes last, once no loop device uses its files
             if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
                 devices.lazy_unmount(point)
         if self._emulator is not None:
@@ -173,6 +173,7 @@ class Lab:
             for image in folder.glob("*.img") if folder.exists() else []:
                 for loop in devices.loops_for(image):
                     devices.loop_detach(loop)
+        self._store.close()
         if self._imds is not None:
             self._imds.close()
         if self._server is not None:
