@@ -209,6 +209,12 @@ class Ec2:
         with self._translate("CreateTags"):
             self._client.create_tags(Resources=list(resource_ids), Tags=tag_list(tags))
 
+    def prepare(self, *actions: str) -> None:
+        """Resolve these operations' request and response models now, so their first call is not slower."""
+        for action in actions:
+            model = self._client.meta.service_model.operation_model(action)
+            _ = (model.input_shape, model.output_shape)
+
     def supports_initialization_rate(self) -> bool:
         shape = self._client.meta.service_model.operation_model("CreateVolume").input_shape
         return "VolumeInitializationRate" in shape.members

@@ -83,6 +83,7 @@ def frozen(
     freeze: Callable[[str], None],
     thaw: Callable[[str], None],
     max_seconds: float = MAX_FREEZE_SECONDS,
+    flush: Callable[[str], None] = lambda _: None,
 ) -> Iterator[FreezeWindow]:
     window = FreezeWindow()
     thawer = _Thawer(thaw, window)
@@ -111,7 +112,7 @@ def frozen(
     guard = _start_guard(mount_points, max_seconds)
     try:
         dog.start()
-        _freeze_all(mount_points, freeze, window, thawer.lock)
+        _freeze_all(mount_points, flush, freeze, window, thawer.lock)
         yield window
     finally:
         stop.set()
@@ -126,21 +127,26 @@ def frozen(
                  window.max_ms, len(window.frozen_at), window.blocked_ms)
 
 
-def _freeze_all(mount_points: Sequence[str], freeze: Callable[[str], None], window: FreezeWindow, lock: threading.Lock) -> None:
-    """Freeze every filesystem at once, one thread each: one after another, the first would stay frozen
-    while the others flush. Every freeze finishes (or fails) before this returns, so the caller's thaw
-    sees them all."""
+def _freeze_all(mount_points: Sequence[str], flush: Callable[[str], None], freeze: Callable[[str], None],
+                window: FreezeWindow, lock: threading.Lock) -> None:
+    """Flush every filesystem at once, then, when all are flushed, freeze them all at once, one thread each.
+    One after another, the first would stay frozen while the others flush; a fresh flush leaves each
+    freeze little to write, so they all finish close together. Every freeze finishes (or fails) before this
+    returns, so the caller's thaw sees them all."""
+    flushed = threading.Barrier(len(mount_points))
 
     def one(mp: str) -> None:
+        try:
+            flush(mp)
+        finally:
+            flushed.wait()
         started = time.monotonic()
         freeze(mp)
         with lock:  # only the bookkeeping: a thaw on a signal must never wait for a freeze in the kernel
             window.freeze_started[mp] = started
             window.frozen_at[mp] = time.monotonic()
 
-    if len(mount_points) <= 1:
-        for mp in mount_points:
-            one(mp)
+    if not mount_points:
         return
     with ThreadPoolExecutor(max_workers=len(mount_points), thread_name_prefix="freeze") as pool:
         futures = [pool.submit(one, mp) for mp in mount_points]

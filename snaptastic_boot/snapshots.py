@@ -182,10 +182,10 @@ class Snapshotting:
             if t.mount_point in hook_volumes:
                 self._hook("pre_snapshot", hook_volumes[t.mount_point])
         mount_points = [t.mount_point for t in plan.targets] if plan.freeze else []
-        for mp in mount_points:
-            self.devices.flush(mp)
+        # botocore builds an operation's model on its first call; not while the filesystems are frozen.
+        self.ec2.prepare("CreateSnapshot" if untagged else "CreateSnapshots", "CreateSnapshot")
         api_started = api_done = 0.0
-        with frozen(mount_points, self.devices.freeze, self.devices.thaw, self.max_freeze) as window:
+        with frozen(mount_points, self.devices.freeze, self.devices.thaw, self.max_freeze, flush=self.devices.flush) as window:
             api_started = time.monotonic()
             made, fallback = self._take(plan, per_volume=bool(untagged))
             api_done = time.monotonic()
