@@ -9,15 +9,11 @@ from typing import Any
 import pytest
 
 from tests.lab.agent import configure, ok, volumes
+from tests.mime import mime
 
 IDENTITY = {"role": "solr", "cluster": "solr-cluster", "environment": "test"}
 
 
-def mime(*parts: tuple[str, bytes]) -> bytes:
-    out = b'Content-Type: multipart/mixed; boundary="==B=="\nMIME-Version: 1.0\n\n'
-    for ctype, body in parts:
-        out += b"--==B==\nContent-Type: " + ctype.encode() + b"\nMIME-Version: 1.0\n\n" + body + b"\n"
-    return out + b"--==B==--\n"
 
 
 def test_snaptastic_test_reports_metadata_userdata_credentials_tools(lab: Any) -> None:

@@ -9,15 +9,11 @@ from hypothesis import strategies as st
 
 from snaptastic_boot import userdata
 from snaptastic_boot.errors import EXIT_BAD_INPUT, BadInput
+from tests.mime import mime
 
 GOOD = {"role": "solr", "cluster": "solr-prod", "environment": "production"}
 
 
-def mime(*parts: tuple[str, bytes]) -> bytes:
-    out = b'Content-Type: multipart/mixed; boundary="==B=="\nMIME-Version: 1.0\n\n'
-    for ctype, body in parts:
-        out += b"--==B==\nContent-Type: " + ctype.encode() + b"\nMIME-Version: 1.0\n\n" + body + b"\n"
-    return out + b"--==B==--\n"
 
 
 def test_plain_json() -> None:
