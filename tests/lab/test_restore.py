@@ -300,3 +300,21 @@ def test_unmount_confirmation_read_from_a_pipe(lab: Any) -> None:
     assert refused.returncode == 1 and is_mounted(lab.mount_root / "data0")
     ok(lab.run("unmount-snapshots", "solr", input="yes\n"))
     assert not is_mounted(lab.mount_root / "data0")
+
+
+def test_snapshot_made_by_the_original_snaptastic_is_restored(lab: Any) -> None:
+    """The original tagged snapshots with the same keys (and its own `expires`/`created` format)."""
+    configure(lab, volumes(lab, 1))
+    mp = str(lab.mount_root / "data0")
+    old = lab.ec2.create_volume(AvailabilityZone=lab.availability_zone, Size=1)["VolumeId"]
+    image = lab.volume_file(old)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["debugfs", "-w", "-R", "mkdir legacy", str(image)], check=True, capture_output=True)
+    tags = {"role": "solr", "cluster": "solr-cluster", "environment": "test", "mount_point": mp,
+            "instance_id": "i-0123456789abcdef0", "created": "2013-05-01 12:34:56.123456",
+            "expires": "2013-05-08 12:34:56.123456"}
+    snap = lab.ec2.create_snapshot(VolumeId=old, Description="solr-cluster snapshot of " + mp, TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])["SnapshotId"]
+    report = run_json(lab, "mount-snapshots", "solr")
+    assert report["volumes"][0]["snapshot_id"] == snap and report["volumes"][0]["formatted"] is False
+    assert (Path(mp) / "legacy").is_dir()
