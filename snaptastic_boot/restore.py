@@ -415,7 +415,6 @@ class Restorer:
                 # The data is mounted and safe at its old size; a refused grow (online ext4 resize needs
                 # CAP_SYS_RESOURCE, which some containers drop) must not fail the boot.
                 log.warning("%s: could not grow the filesystem, it keeps its old size: %s", step.mount_point, exc)
-        result.device = step.device
         self._fstypes[step.mount_point] = str(fstype)
 
     def _check_mounted(self, step: VolumeStep, result: VolumeResult) -> None:

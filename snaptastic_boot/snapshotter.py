@@ -16,6 +16,7 @@ so the Python and JSON forms feed the same planning code; hooks are called aroun
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from snaptastic_boot.model import DEFAULT_FILTER_KEYS, Retention, SnapshotterSpec, VolumeSpec
@@ -176,10 +177,6 @@ class ConfiguredSnapshotter(Snapshotter):
         super().__init__(**kwargs)
         self.config_name = config_name
         self.entry = entry
-        retention = entry.get("retention", {})
-        self.SNAPSHOT_EXPIRY_DAYS = retention.get("days", 7)  # type: ignore[misc]
-        self.KEEP_SNAPSHOTS = retention.get("keep", 3)  # type: ignore[misc]
-        self.PENDING_SNAPSHOT_WAIT = entry.get("pending_snapshot_wait", 600.0)  # type: ignore[misc]
 
     @property  # type: ignore[override]
     def name(self) -> str:  # type: ignore[override]
@@ -193,3 +190,11 @@ class ConfiguredSnapshotter(Snapshotter):
 
     def filter_keys(self) -> list[str]:
         return list(self.entry.get("filter_tags", DEFAULT_FILTER_KEYS))
+
+    def spec(self) -> SnapshotterSpec:
+        retention = self.entry.get("retention", {})
+        return replace(
+            super().spec(),
+            retention=Retention(days=retention.get("days", self.SNAPSHOT_EXPIRY_DAYS), keep=retention.get("keep", self.KEEP_SNAPSHOTS)),
+            pending_snapshot_wait=self.entry.get("pending_snapshot_wait", self.PENDING_SNAPSHOT_WAIT),
+        )
