@@ -178,6 +178,14 @@ class Devices:
         Path(mount_point).mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", fstype, "-o", options, str(path), mount_point], timeout=600)
 
+    @staticmethod
+    def entries(directory: str) -> list[str]:
+        """Names in a directory (empty when it does not exist yet)."""
+        try:
+            return sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+
     def umount(self, mount_point: str) -> None:
         run(["umount", mount_point], timeout=300)
 

@@ -404,6 +404,10 @@ class Restorer:
             if mount.major_minor != self.devices.major_minor(path):
                 raise UnsafeOperation(f"{step.mount_point} is already mounted from {mount.source}; unmount it first")
         else:
+            hidden = self.devices.entries(step.mount_point)
+            if hidden:
+                log.warning("%s is not empty (%s); the mount hides those files until it is unmounted",
+                            step.mount_point, ", ".join(hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
             log.info("mounting %s (%s) on %s", path, volume_id, step.mount_point)
             self.devices.mount(path, step.mount_point, str(fstype), options)
         if step.grow:

@@ -318,3 +318,12 @@ def test_snapshot_made_by_the_original_snaptastic_is_restored(lab: Any) -> None:
     report = run_json(lab, "mount-snapshots", "solr")
     assert report["volumes"][0]["snapshot_id"] == snap and report["volumes"][0]["formatted"] is False
     assert (Path(mp) / "legacy").is_dir()
+
+
+def test_mounting_over_files_warns(lab: Any) -> None:
+    configure(lab, volumes(lab, 1))
+    mp = lab.mount_root / "data0"
+    mp.mkdir(parents=True)
+    (mp / "written-before-the-mount").write_text("x")
+    result = ok(lab.run("mount-snapshots", "solr"))
+    assert "is not empty (written-before-the-mount); the mount hides those files" in result.stderr
