@@ -60,7 +60,6 @@ class Freshness:
                 "max_age_seconds": self.max_age_seconds, "ok": self.ok}
 
 
-_start = times.start_time
 
 
 def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, Any]], max_age: dt.timedelta,
@@ -72,11 +71,11 @@ def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, An
         mp = tags_of(snap).get("mount_point")
         if snap.get("State") != "completed" or mp not in mount_points:
             continue
-        if mp not in newest or _start(snap) > _start(newest[mp]):
+        if mp not in newest or times.start_time(snap) > times.start_time(newest[mp]):
             newest[mp] = snap
     out = []
     for mp in mount_points:
         snap = newest.get(mp)
-        age = (now - _start(snap)).total_seconds() if snap else None
+        age = (now - times.start_time(snap)).total_seconds() if snap else None
         out.append(Freshness(mp, snap["SnapshotId"] if snap else None, age, max_age.total_seconds()))
     return out

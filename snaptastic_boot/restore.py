@@ -117,7 +117,6 @@ def parse_time(value: str) -> dt.datetime:
     return parsed
 
 
-_start = times.start_time
 
 
 def newest_snapshots(
@@ -126,9 +125,9 @@ def newest_snapshots(
     """Per mount point: the newest completed snapshot, and a newer pending one if there is one."""
     completed: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
-    for snap in sorted(snapshots, key=lambda s: (_start(s), s["SnapshotId"])):
+    for snap in sorted(snapshots, key=lambda s: (times.start_time(s), s["SnapshotId"])):
         mp = tags_of(snap).get("mount_point")
-        if mp not in mount_points or (before is not None and _start(snap) >= before):
+        if mp not in mount_points or (before is not None and times.start_time(snap) >= before):
             continue
         if snap.get("State") == "completed":
             completed[mp] = snap
@@ -139,7 +138,7 @@ def newest_snapshots(
 
 
 def _choice(snap: dict[str, Any]) -> SnapshotChoice:
-    return SnapshotChoice(snap["SnapshotId"], _start(snap).isoformat(), snap.get("State", ""), int(snap.get("VolumeSize", 0)))
+    return SnapshotChoice(snap["SnapshotId"], times.start_time(snap).isoformat(), snap.get("State", ""), int(snap.get("VolumeSize", 0)))
 
 
 def plan_restore(

@@ -40,9 +40,6 @@ class Deletion:
         return self.resource_id
 
 
-# Our ISO 8601 UTC form, or the original tool's `str(datetime.now() + timedelta(...))`.
-parse_expires = times.parse
-_start = times.start_time
 
 
 def snapshot_filters(spec: SnapshotterSpec) -> list[dict[str, Any]]:
@@ -66,10 +63,10 @@ def plan_snapshot_cleanup(spec: SnapshotterSpec, snapshots: Sequence[dict[str, A
         by_mount.setdefault(tags["mount_point"], []).append(snap)
     out: list[Deletion] = []
     for mp, snaps in sorted(by_mount.items()):
-        completed = sorted((s for s in snaps if s.get("State") == "completed"), key=_start, reverse=True)
+        completed = sorted((s for s in snaps if s.get("State") == "completed"), key=times.start_time, reverse=True)
         for snap in completed[keep:]:
             raw = tags_of(snap).get("expires")
-            expires = parse_expires(raw) if raw else None
+            expires = times.parse(raw) if raw else None
             if raw and expires is None:
                 log.warning("%s: expires tag %r not understood; keeping it", snap["SnapshotId"], raw)
             if expires is not None and expires < now:

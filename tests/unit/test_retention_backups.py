@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot import backups, retention
+from snaptastic_boot import backups, retention, times
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 
@@ -38,7 +38,7 @@ def test_keeps_newest_k_and_deletes_only_expired_matching() -> None:
 
 
 def test_old_snaptastic_expires_format() -> None:
-    assert retention.parse_expires("2013-05-01 12:34:56.123456") == dt.datetime(2013, 5, 1, 12, 34, 56, 123456, tzinfo=dt.timezone.utc)
+    assert times.parse("2013-05-01 12:34:56.123456") == dt.datetime(2013, 5, 1, 12, 34, 56, 123456, tzinfo=dt.timezone.utc)
     plan = retention.plan_snapshot_cleanup(SPEC, [snap("snap-a", 1, FUTURE), snap("snap-old", 400, "2025-01-01 00:00:00.000001")],
                                            keep=1, now=NOW)
     assert [d.resource_id for d in plan] == ["snap-old"]
