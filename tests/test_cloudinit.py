@@ -130,7 +130,7 @@ def test_make_userdata_cli(tmp_path: Path):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_agent_reads_the_identity_part(name: str):
-    from snaptastic_boot import userdata
+    from snaptastic_boot.config import userdata
 
     data = (CLOUDINIT / name / "userdata.mime").read_bytes()
     assert userdata.parse(data) == IDENTITY
@@ -140,7 +140,7 @@ def test_agent_reads_the_identity_part(name: str):
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_written_config_is_valid_for_the_agent(name: str, tmp_path: Path):
     yaml = pytest.importorskip("yaml")
-    from snaptastic_boot import settings
+    from snaptastic_boot.config import settings
 
     config = yaml.safe_load((CLOUDINIT / name / "cloud-config.yaml").read_text())
     files = {f["path"]: f["content"] for f in config["write_files"]}

@@ -132,7 +132,7 @@ def test_destructive_actions_need_the_agents_tag():
 
 def test_tags_only_at_creation_or_the_detached_mark():
     """CreateTags could otherwise put a mount_point tag on anything and so make it deletable."""
-    from snaptastic_boot.restore import DETACHED_TAG
+    from snaptastic_boot.plan.restore import DETACHED_TAG
 
     for statement in _statements():
         if "ec2:CreateTags" not in _as_list(statement["Action"]):

@@ -105,7 +105,7 @@ def test_shipped_defaults_do_nothing(wrapper):
 def test_shipped_config_is_inert_and_the_example_is_valid():
     import json
 
-    from snaptastic_boot import settings
+    from snaptastic_boot.config import settings
 
     shipped = DEB / "etc" / "snaptastic" / "snaptastic.json"
     assert json.loads(shipped.read_text()) == {"snapshotters": {}}

@@ -10,4 +10,4 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"unit test tried to run a command: {args!r}")
 
-    monkeypatch.setattr("snaptastic_boot.runner.subprocess.run", refuse)
+    monkeypatch.setattr("snaptastic_boot.system.runner.subprocess.run", refuse)

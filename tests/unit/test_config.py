@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snaptastic_boot import settings as settings_mod
+from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.model import VolumeSpec, volume_problems
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from snaptastic_boot import freeze as freeze_mod
+from snaptastic_boot.apply import freeze as freeze_mod
 from snaptastic_boot.errors import OperationFailed
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from snaptastic_boot import fstab
+from snaptastic_boot.system import fstab
 from snaptastic_boot.errors import OperationFailed
 
 BASE = "# /etc/fstab: static file system information.\nUUID=1111 / ext4 errors=remount-ro 0 1\n"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from snaptastic_boot.errors import MetadataUnavailable
-from snaptastic_boot.imds import ImdsClient
+from snaptastic_boot.system.imds import ImdsClient
 
 PATHS = {
     "/latest/meta-data/instance-id": "i-0abc",

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot import restore
-from snaptastic_boot.devices import Mount
+from snaptastic_boot.plan import restore
+from snaptastic_boot.system.devices import Mount
 from snaptastic_boot.errors import BadInput, UnsafeOperation
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 

@@ -4,7 +4,9 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot import backups, retention, times
+from snaptastic_boot import times
+from snaptastic_boot.plan import backups
+from snaptastic_boot.plan import clean as retention
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 

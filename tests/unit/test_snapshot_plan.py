@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot import snapshots
-from snaptastic_boot.devices import Mount
+from snaptastic_boot.plan import snapshot as snapshots
+from snaptastic_boot.system.devices import Mount
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
 from snaptastic_boot.model import Retention, SnapshotterSpec, VolumeSpec
 

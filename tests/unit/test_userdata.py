@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snaptastic_boot import userdata
+from snaptastic_boot.config import userdata
 from snaptastic_boot.errors import EXIT_BAD_INPUT, BadInput
 from tests.mime import mime
 

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import times, waits
-from snaptastic_boot.devices import Devices, Mount
+from snaptastic_boot import times
+from snaptastic_boot.apply import waits
+from snaptastic_boot.system.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tags_of
 from snaptastic_boot.errors import AwsError, BadInput, OperationFailed, UnsafeOperation
-from snaptastic_boot.freeze import frozen, max_freeze_seconds
+from snaptastic_boot.apply.freeze import frozen, max_freeze_seconds
 from snaptastic_boot.model import SnapshotterSpec
 from snaptastic_boot.times import iso
 

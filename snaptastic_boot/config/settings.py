@@ -22,8 +22,8 @@ from typing import Any
 from snaptastic_boot.errors import BadInput, ValidationFailed
 from snaptastic_boot.model import SnapshotterSpec, volume_problems
 from snaptastic_boot.snapshotter import REGISTRY, ConfiguredSnapshotter, Snapshotter
-from snaptastic_boot.userdata import validate_keys
-from snaptastic_boot.validation import load_schema, validate
+from snaptastic_boot.config.userdata import validate_keys
+from snaptastic_boot.config.validation import load_schema, validate
 
 log = logging.getLogger("snaptastic.settings")
 

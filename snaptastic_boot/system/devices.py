@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
-from snaptastic_boot.paths import Paths
-from snaptastic_boot.runner import run
+from snaptastic_boot.system.paths import Paths
+from snaptastic_boot.system.runner import run
 
 log = logging.getLogger("snaptastic.devices")
 

@@ -14,14 +14,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from snaptastic_boot import settings as settings_mod
-from snaptastic_boot import userdata as userdata_mod
+from snaptastic_boot.config import settings as settings_mod
+from snaptastic_boot.config import userdata as userdata_mod
 from snaptastic_boot.errors import AwsError, BadInput, EnvironmentNotUsable, SnaptasticError
-from snaptastic_boot.imds import ImdsClient, InstanceMetadata
+from snaptastic_boot.system.imds import ImdsClient, InstanceMetadata
 from snaptastic_boot.model import SnapshotterSpec
-from snaptastic_boot.paths import Paths
+from snaptastic_boot.system.paths import Paths
 from snaptastic_boot.snapshotter import Snapshotter
-from snaptastic_boot.stopping import GracefulStop
+from snaptastic_boot.system.stopping import GracefulStop
 
 log = logging.getLogger("snaptastic")
 
@@ -142,8 +142,8 @@ def test(args: argparse.Namespace) -> int:
 
 
 def list_volumes(args: argparse.Namespace) -> int:
-    from snaptastic_boot import restore
-    from snaptastic_boot.devices import Devices
+    from snaptastic_boot.plan import restore
+    from snaptastic_boot.system.devices import Devices
     ctx = _context(args)
     _, spec = ctx.snapshotter(args.name)
     ec2 = ctx.ec2()
@@ -200,7 +200,7 @@ class _Run:
 
 
 def _start(args: argparse.Namespace) -> _Run:
-    from snaptastic_boot.devices import Devices
+    from snaptastic_boot.system.devices import Devices
 
     ctx = _context(args)
     snap, spec = ctx.snapshotter(args.name)
@@ -216,7 +216,8 @@ def _show(plan: Any, args: argparse.Namespace) -> int:
 
 
 def mount_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import lock, restore
+    from snaptastic_boot.system import lock
+    from snaptastic_boot.plan import restore
 
     pins = restore.parse_pins(args.snapshot)
     before = restore.parse_time(args.before) if args.before else None
@@ -249,7 +250,9 @@ def mount_snapshots(args: argparse.Namespace) -> int:
 
 
 def unmount_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import lock, restore, unmount
+    from snaptastic_boot.system import lock
+    from snaptastic_boot.plan import restore
+    from snaptastic_boot.plan import unmount
 
     run = _start(args)
     instance_id = run.ctx.metadata.instance_id
@@ -273,7 +276,8 @@ def unmount_snapshots(args: argparse.Namespace) -> int:
 
 
 def make_snapshots(args: argparse.Namespace) -> int:
-    from snaptastic_boot import lock, snapshots
+    from snaptastic_boot.system import lock
+    from snaptastic_boot.plan import snapshot as snapshots
 
     run = _start(args)
     with lock.exclusive(run.ctx.paths.lock_file):
@@ -299,7 +303,7 @@ def make_snapshots(args: argparse.Namespace) -> int:
 
 
 def clean(args: argparse.Namespace) -> int:
-    from snaptastic_boot import retention
+    from snaptastic_boot.plan import clean as retention
 
     ctx = _context(args)
     # Without a name (as the original `snaptastic clean snapshots`), every configured snapshotter.
@@ -333,7 +337,7 @@ def clean(args: argparse.Namespace) -> int:
 
 
 def check_backups(args: argparse.Namespace) -> int:
-    from snaptastic_boot import backups
+    from snaptastic_boot.plan import backups
 
     max_age = backups.parse_age(args.age)
     ctx = None

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from snaptastic_boot.errors import BadInput
-from snaptastic_boot.validation import load_schema, validate
+from snaptastic_boot.config.validation import load_schema, validate
 
 IDENTITY_KEYS = ("role", "cluster", "environment")
 # EC2 caps userdata at 16 KiB; a compressed part may expand, but not without bound.

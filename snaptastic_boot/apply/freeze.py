@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable
 
-from snaptastic_boot import runner
+from snaptastic_boot.system import runner
 from snaptastic_boot.errors import SnaptasticError
 
 log = logging.getLogger("snaptastic.freeze")
@@ -156,7 +156,7 @@ def _freeze_all(mount_points: Sequence[str], flush: Callable[[str], None], freez
 
 
 def _start_guard(mount_points: Sequence[str], max_seconds: float) -> Any:
-    argv = [sys.executable, "-m", "snaptastic_boot.freeze", str(os.getpid()), str(max_seconds), *mount_points]
+    argv = [sys.executable, "-m", "snaptastic_boot.apply.freeze", str(os.getpid()), str(max_seconds), *mount_points]
     try:
         return runner.spawn(argv)
     except OSError as exc:

@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import fstab, times, waits
-from snaptastic_boot.devices import Devices, Mount
+from snaptastic_boot import times
+from snaptastic_boot.system import fstab
+from snaptastic_boot.apply import waits
+from snaptastic_boot.system.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2
 from snaptastic_boot.model import SnapshotterSpec
-from snaptastic_boot.restore import DETACHED_TAG, current_volume
+from snaptastic_boot.plan.restore import DETACHED_TAG, current_volume
 
 log = logging.getLogger("snaptastic.unmount")
 

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import fstab, times, waits
-from snaptastic_boot.devices import Devices, Mount
+from snaptastic_boot import times
+from snaptastic_boot.system import fstab
+from snaptastic_boot.apply import waits
+from snaptastic_boot.system.devices import Devices, Mount
 from snaptastic_boot.ec2 import Ec2, tag_filters, tag_list, tags_of
 from snaptastic_boot.errors import BadInput, CommandError, UnsafeOperation, WaitTimeout
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
-from snaptastic_boot.stopping import GracefulStop, NoStop
+from snaptastic_boot.system.stopping import GracefulStop, NoStop
 
 log = logging.getLogger("snaptastic.restore")
 
