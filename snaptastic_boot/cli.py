@@ -1,7 +1,7 @@
 """Command line: argument parsing, logging set-up, and the one place errors become exit codes.
 
 Only the standard library is imported at module level: `--help` and `--version` run at boot and must not pay
-for boto3. Commands are dispatched lazily, so only the one that runs imports what it needs.
+for boto3. Each `_cmd_<name>` imports its command module when it runs and passes it explicit parameters.
 """
 
 from __future__ import annotations
@@ -10,18 +10,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 from snaptastic_boot import __version__
-from snaptastic_boot.errors import EXIT_BAD_INPUT, EXIT_FAILED, SnaptasticError
+from snaptastic_boot.errors import EXIT_BAD_INPUT, EXIT_FAILED, SnaptasticError, UsageError
 
 log = logging.getLogger("snaptastic")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class UsageError(SnaptasticError):
-    exit_code = EXIT_BAD_INPUT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +42,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="show metadata and userdata, check credentials and required tools")
     _common(p)
-    p.set_defaults(func=_run_command, handler="test")
+    p.set_defaults(func=_cmd_test)
 
 
 def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +50,7 @@ def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="snapshotter name")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
-    p.set_defaults(func=_run_command, handler="list_volumes")
+    p.set_defaults(func=_cmd_list_volumes)
 
 
 def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +69,7 @@ def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="accept a --snapshot whose tags do not match this snapshotter")
     p.add_argument("--ignore-mounted", action="store_true", help="accepted for compatibility; mounted volumes are always left alone")
     _common(p)
-    p.set_defaults(func=_run_command, handler="mount_snapshots")
+    p.set_defaults(func=_cmd_mount_snapshots)
 
 
 def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +80,7 @@ def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_run_command, handler="make_snapshots")
+    p.set_defaults(func=_cmd_make_snapshots)
 
 
 def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +91,7 @@ def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_run_command, handler="unmount_snapshots")
+    p.set_defaults(func=_cmd_unmount_snapshots)
 
 
 def _add_clean(sub: argparse._SubParsersAction) -> None:
@@ -107,7 +103,7 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
-    p.set_defaults(func=_run_command, handler="clean")
+    p.set_defaults(func=_cmd_clean)
 
 
 def _add_check_backups(sub: argparse._SubParsersAction) -> None:
@@ -118,7 +114,7 @@ def _add_check_backups(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--environment")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
-    p.set_defaults(func=_run_command, handler="check_backups")
+    p.set_defaults(func=_cmd_check_backups)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,13 +137,57 @@ def _configure_logging(level: str) -> None:
     log.setLevel(getattr(logging, level))
 
 
-def _run_command(args: argparse.Namespace) -> int:
-    # One lazy dispatcher instead of a thin _cmd_<name> per command: the commands module (and boto3 with it)
-    # is imported only once a command runs, never for --help or --version.
-    from snaptastic_boot import commands
+def _inputs(args: argparse.Namespace) -> Any:
+    from snaptastic_boot.commands.context import Inputs
 
-    handler: Callable[[argparse.Namespace], int] = getattr(commands, args.handler)
-    return handler(args)
+    return Inputs(config=args.config, userdata=args.userdata)
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import test
+
+    return test.run(_inputs(args))
+
+
+def _cmd_list_volumes(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import list_volumes
+
+    return list_volumes.run(args.name, _inputs(args), as_json=args.json)
+
+
+def _cmd_mount_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import mount_snapshots
+
+    return mount_snapshots.run(args.name, _inputs(args), pins=args.snapshot, before=args.before, force=args.force,
+                               dry_run=args.dry_run, as_json=args.json)
+
+
+def _cmd_make_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import make_snapshots
+
+    return make_snapshots.run(args.name, _inputs(args), freeze=not args.no_freeze, wait=args.wait,
+                              dry_run=args.dry_run, as_json=args.json)
+
+
+def _cmd_unmount_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import unmount_snapshots
+
+    return unmount_snapshots.run(args.name, _inputs(args), delete=args.delete, yes=args.yes, dry_run=args.dry_run,
+                                 as_json=args.json)
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import clean
+
+    return clean.run(args.component, args.name, _inputs(args), keep=args.keep, dry_run=args.dry_run,
+                     force=args.force, as_json=args.json)
+
+
+def _cmd_check_backups(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import check_backups
+
+    given = {"role": args.role, "cluster": args.cluster, "environment": args.environment}
+    return check_backups.run(_inputs(args), age=args.age, given=given, as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
-"""One exception hierarchy; the CLI maps each class to its exit code.
+"""One exception hierarchy; the CLI maps each class to its exit code (`exit_code`).
 
 Adapters translate botocore, requests and subprocess failures into these classes at their boundary,
-so nothing above them has to know which library failed.
+so nothing above them has to know which library failed. The texts live in `messages`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_ENVIRONMENT = 3
 EXIT_LOCKED = 4
-EXIT_NOT_IMPLEMENTED = 5
 
 
 class SnaptasticError(Exception):
@@ -58,12 +57,24 @@ class ToolMissing(EnvironmentNotUsable):
     pass
 
 
+class UsageError(BadInput):
+    """The command line is wrong."""
+
+
+class ConfigError(BadInput):
+    """The settings file or the JSON config is wrong."""
+
+
+class UserdataError(BadInput):
+    """The userdata is missing or wrong."""
+
+
 class LockHeld(SnaptasticError):
     exit_code = EXIT_LOCKED
 
 
-class NotImplementedYet(SnaptasticError):
-    exit_code = EXIT_NOT_IMPLEMENTED
+class Stopped(OperationFailed):
+    """A signal asked the run to stop; it stopped between two steps."""
 
 
 class CommandError(OperationFailed):

@@ -1,4 +1,5 @@
-"""The internal model both configuration forms produce, and the checks EC2 and the OS would otherwise fail late."""
+"""The internal model both configuration forms produce, its defaults, and the checks EC2 and the OS would
+otherwise fail late. Also the plain views of what the system and EC2 report (mounts, attachments)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,22 @@ import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-DEFAULT_FILTER_KEYS = ("role", "cluster", "environment")
+from snaptastic_boot.tags import IDENTITY_KEYS
+
+# The one home of every default; the settings-file class constants and the JSON schema's "default"s repeat
+# these values for readers, and a test checks that they agree.
+DEFAULT_FILTER_KEYS = IDENTITY_KEYS
+DEFAULT_EXPIRY_DAYS = 7.0
+DEFAULT_KEEP = 3
+DEFAULT_PENDING_SNAPSHOT_WAIT = 600.0
+DEFAULT_DESCRIPTION_FORMAT = "%(cluster)s snapshot of %(mount_point)s"
+DEFAULT_SIZE = 5
+DEFAULT_FILESYSTEM = "ext4"
+DEFAULT_VOLUME_TYPE = "gp3"
+DEFAULT_MOUNT_OPTIONS = "defaults"
+DEFAULT_DELETE_ON_TERMINATION = True
 FILESYSTEMS = ("ext4", "xfs")
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 
@@ -31,22 +46,22 @@ THROUGHPUT_LIMITS = {"gp3": (125, 1000)}
 class VolumeSpec:
     device: str
     mount_point: str
-    size: int
-    filesystem: str = "ext4"
-    volume_type: str = "gp3"
+    size: int = DEFAULT_SIZE
+    filesystem: str = DEFAULT_FILESYSTEM
+    volume_type: str = DEFAULT_VOLUME_TYPE
     iops: int | None = None
     throughput: int | None = None
     encrypted: bool = False
     kms_key_id: str | None = None
-    mount_options: str = "defaults"
-    delete_on_termination: bool = True
+    mount_options: str = DEFAULT_MOUNT_OPTIONS
+    delete_on_termination: bool = DEFAULT_DELETE_ON_TERMINATION
     initialization_rate: int | None = None
 
 
 @dataclass(frozen=True)
 class Retention:
-    days: float = 7
-    keep: int = 3
+    days: float = DEFAULT_EXPIRY_DAYS
+    keep: int = DEFAULT_KEEP
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,51 @@ class SnapshotterSpec:
     volumes: tuple[VolumeSpec, ...]
     filter_tags: dict[str, str]
     retention: Retention = field(default_factory=Retention)
-    pending_snapshot_wait: float = 600.0
-    description_format: str = "%(cluster)s snapshot of %(mount_point)s"
+    pending_snapshot_wait: float = DEFAULT_PENDING_SNAPSHOT_WAIT
+    description_format: str = DEFAULT_DESCRIPTION_FORMAT
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of the mount table."""
+
+    mount_point: str
+    source: str
+    fstype: str
+    major_minor: str
+    options: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a block device holds, as blkid sees it."""
+
+    fstype: str | None
+    uuid: str | None
+    pttype: str | None
+
+    @property
+    def blank(self) -> bool:
+        return not self.fstype and not self.pttype
+
+
+# -- EC2 resources as DescribeVolumes returns them ------------------------------------------------------------
+
+GONE_STATES = ("deleting", "deleted", "error")
+
+
+def attachment(volume: dict[str, Any], instance_id: str, states: tuple[str, ...] = ("attaching", "attached")) -> dict[str, Any] | None:
+    """The volume's attachment to this instance in one of `states`, if any."""
+    for att in volume.get("Attachments") or []:
+        if att.get("InstanceId") == instance_id and att.get("State") in states:
+            return dict(att)
+    return None
+
+
+def attachment_state(volume: dict[str, Any], instance_id: str) -> str:
+    """The state of the volume's attachment to this instance, "" when there is none."""
+    att = attachment(volume, instance_id, states=("attaching", "attached", "detaching", "detached", "busy"))
+    return str(att.get("State", "")) if att else ""
 
 
 def volume_problems(volumes: Iterable[VolumeSpec], where: str = "volumes") -> list[tuple[str, str]]:

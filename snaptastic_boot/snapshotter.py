@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from snaptastic_boot.model import DEFAULT_FILTER_KEYS, Retention, SnapshotterSpec, VolumeSpec
+from snaptastic_boot import model
+from snaptastic_boot.model import Retention, SnapshotterSpec, VolumeSpec
 
 REGISTRY: dict[str, type[Snapshotter]] = {}
 
@@ -31,12 +32,12 @@ class EBSVolume:
         self,
         device: str,
         mount_point: str,
-        size: int = 5,
-        delete_on_termination: bool = True,
-        file_system: Any = "ext4",
-        mount_options: str = "defaults",
+        size: int = model.DEFAULT_SIZE,
+        delete_on_termination: bool = model.DEFAULT_DELETE_ON_TERMINATION,
+        file_system: Any = model.DEFAULT_FILESYSTEM,
+        mount_options: str = model.DEFAULT_MOUNT_OPTIONS,
         iops: int | None = None,
-        volume_type: str = "gp3",
+        volume_type: str = model.DEFAULT_VOLUME_TYPE,
         throughput: int | None = None,
         encrypted: bool = False,
         kms_key_id: str | None = None,
@@ -82,11 +83,11 @@ class Snapshotter:
     """Subclass this in a settings file; override `get_volumes` and, if needed, `get_filter_tags` and hooks."""
 
     name: ClassVar[str | None] = None
-    SNAPSHOT_EXPIRY_DAYS: ClassVar[float] = 7
-    KEEP_SNAPSHOTS: ClassVar[int] = 3
-    PENDING_SNAPSHOT_WAIT: ClassVar[float] = 600.0
+    SNAPSHOT_EXPIRY_DAYS: ClassVar[float] = model.DEFAULT_EXPIRY_DAYS
+    KEEP_SNAPSHOTS: ClassVar[int] = model.DEFAULT_KEEP
+    PENDING_SNAPSHOT_WAIT: ClassVar[float] = model.DEFAULT_PENDING_SNAPSHOT_WAIT
     # Example: "solr-prod snapshot of /mnt/solr"
-    SNAPSHOT_DESCRIPTION_FORMAT: ClassVar[str] = "%(cluster)s snapshot of %(mount_point)s"
+    SNAPSHOT_DESCRIPTION_FORMAT: ClassVar[str] = model.DEFAULT_DESCRIPTION_FORMAT
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,7 +114,7 @@ class Snapshotter:
 
     def get_filter_tags(self) -> dict[str, str]:
         """Tags that find this snapshotter's snapshots; mount_point is always added."""
-        return {key: self.userdata[key] for key in DEFAULT_FILTER_KEYS}
+        return {key: self.userdata[key] for key in model.DEFAULT_FILTER_KEYS}
 
     def get_snapshot_description(self, vol: EBSVolume) -> str:
         values = {**self.userdata, "mount_point": vol.mount_point}
@@ -189,7 +190,7 @@ class ConfiguredSnapshotter(Snapshotter):
         return {key: self.userdata[key] for key in self.filter_keys()}
 
     def filter_keys(self) -> list[str]:
-        return list(self.entry.get("filter_tags", DEFAULT_FILTER_KEYS))
+        return list(self.entry.get("filter_tags", model.DEFAULT_FILTER_KEYS))
 
     def spec(self) -> SnapshotterSpec:
         retention = self.entry.get("retention", {})

@@ -1,6 +1,6 @@
 """The shipped IAM policy allows every EC2 action the agent calls, and nothing broader than it must.
 
-The calls are found by reading the source: every EC2 call lives in snaptastic_boot/ec2.py, written as
+The calls are found by reading the source: every EC2 call lives in snaptastic_boot/system/ec2.py, written as
 `self._client.<operation>(` or `self._client.get_paginator("<operation>")`. botocore's own service model
 turns the snake_case names back into EC2 action names, so a typo or a new call cannot slip through.
 """
@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "iam-policy.json"
 DOC = ROOT / "README.md"
-EC2_MODULE = ROOT / "snaptastic_boot" / "ec2.py"
+EC2_MODULE = ROOT / "snaptastic_boot" / "system" / "ec2.py"
 
 CALL = re.compile(r"self\._client\.([a-z][a-z0-9_]*)\(")
 PAGINATOR = re.compile(r"self\._client\.get_paginator\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
@@ -26,7 +26,7 @@ NOT_OPERATIONS = {"get_paginator", "get_waiter", "can_paginate", "close"}
 CORE_ACTIONS = {"DescribeSnapshots", "CreateVolume", "AttachVolume", "DescribeVolumes"}
 
 needs_ec2_module = pytest.mark.xfail(
-    not EC2_MODULE.exists(), reason="snaptastic_boot/ec2.py (the EC2 adapter) does not exist yet", strict=True
+    not EC2_MODULE.exists(), reason="snaptastic_boot/system/ec2.py (the EC2 adapter) does not exist yet", strict=True
 )
 
 
@@ -132,7 +132,7 @@ def test_destructive_actions_need_the_agents_tag():
 
 def test_tags_only_at_creation_or_the_detached_mark():
     """CreateTags could otherwise put a mount_point tag on anything and so make it deletable."""
-    from snaptastic_boot.plan.restore import DETACHED_TAG
+    from snaptastic_boot.tags import DETACHED as DETACHED_TAG
 
     for statement in _statements():
         if "ec2:CreateTags" not in _as_list(statement["Action"]):

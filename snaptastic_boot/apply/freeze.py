@@ -21,21 +21,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable
 
-from snaptastic_boot.system import runner
 from snaptastic_boot.errors import SnaptasticError
+from snaptastic_boot.system import runner
 
 log = logging.getLogger("snaptastic.freeze")
-
-MAX_FREEZE_SECONDS = 30.0
-
-
-def max_freeze_seconds() -> float:
-    """The freeze bound, overridable by SNAPTASTIC_MAX_FREEZE (seconds)."""
-    try:
-        return float(os.environ.get("SNAPTASTIC_MAX_FREEZE") or MAX_FREEZE_SECONDS)
-    except ValueError:
-        return MAX_FREEZE_SECONDS
-
 
 @dataclass
 class FreezeWindow:
@@ -58,7 +47,7 @@ class FreezeWindow:
 
 
 class _Thawer:
-    def __init__(self, thaw: Callable[[str], None], window: FreezeWindow) -> None:
+    def __init__(self, thaw: Callable[[str], object], window: FreezeWindow) -> None:
         self._thaw = thaw
         self.window = window
         self.lock = threading.Lock()
@@ -81,8 +70,8 @@ class _Thawer:
 def frozen(
     mount_points: Sequence[str],
     freeze: Callable[[str], None],
-    thaw: Callable[[str], None],
-    max_seconds: float = MAX_FREEZE_SECONDS,
+    thaw: Callable[[str], object],
+    max_seconds: float,
     flush: Callable[[str], None] = lambda _: None,
 ) -> Iterator[FreezeWindow]:
     window = FreezeWindow()

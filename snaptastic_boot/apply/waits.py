@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from snaptastic_boot.errors import OperationFailed, WaitTimeout
+from snaptastic_boot.model import GONE_STATES
 
 log = logging.getLogger("snaptastic.waits")
 
@@ -19,13 +19,18 @@ SLEEPS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0)
 PROGRESS_EVERY = 10.0
 
 
-def timeout(default: float) -> float:
-    """Every wait's bound, overridable by SNAPTASTIC_WAIT_TIMEOUT (seconds) for slow regions or tests."""
-    raw = os.environ.get("SNAPTASTIC_WAIT_TIMEOUT")
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
+def volume_gone(volume: dict[str, Any]) -> str | None:
+    """Why waiting for this volume is pointless, if it is."""
+    return f"is {volume['State']}" if volume.get("State") in GONE_STATES else None
+
+
+def snapshot_failed(snapshot: dict[str, Any]) -> str | None:
+    return "failed" if snapshot.get("State") == "error" else None
+
+
+def bound(default: float, override: float | None) -> float:
+    """A wait's limit: its default, unless SNAPTASTIC_WAIT_TIMEOUT (`Tunables.wait_timeout`) overrides every wait."""
+    return default if override is None else override
 
 
 def until(

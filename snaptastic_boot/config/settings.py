@@ -2,7 +2,8 @@
 
 Python settings, first found wins (as in the original): module `snaptastic_settings` on sys.path,
 `/etc/snaptastic_settings.py`, `/etc/snaptastic/snaptastic_settings.py`.
-JSON config: `--config PATH`, else `$SNAPTASTIC_CONFIG`, else `/etc/snaptastic/snaptastic.json` if it exists.
+JSON config: `--config PATH`, else `$SNAPTASTIC_CONFIG`, else `/etc/snaptastic/snaptastic.json` if it exists
+(the caller resolves which, from the command line and `Tunables`).
 Both may exist; a name defined in both is an error rather than a silent choice.
 """
 
@@ -13,26 +14,20 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot.errors import BadInput, ValidationFailed
-from snaptastic_boot.model import SnapshotterSpec, volume_problems
-from snaptastic_boot.snapshotter import REGISTRY, ConfiguredSnapshotter, Snapshotter
 from snaptastic_boot.config.userdata import validate_keys
 from snaptastic_boot.config.validation import load_schema, validate
+from snaptastic_boot.errors import BadInput, ConfigError, ValidationFailed
+from snaptastic_boot.model import SnapshotterSpec, volume_problems
+from snaptastic_boot.snapshotter import REGISTRY, ConfiguredSnapshotter, Snapshotter
 
 log = logging.getLogger("snaptastic.settings")
 
 SETTINGS_FILES = (Path("/etc/snaptastic_settings.py"), Path("/etc/snaptastic/snaptastic_settings.py"))
-DEFAULT_CONFIG = Path("/etc/snaptastic/snaptastic.json")
-
-
-class ConfigError(BadInput):
-    pass
 
 
 @dataclass
@@ -60,11 +55,10 @@ class Settings:
         )
 
 
-def load(config_path: str | None = None) -> Settings:
+def load(path: Path, explicit: bool) -> Settings:
+    """The settings file (if any) and the JSON config at `path` (which must exist when `explicit`)."""
     settings = Settings()
     _load_python(settings)
-    explicit = config_path or os.environ.get("SNAPTASTIC_CONFIG")
-    path = Path(explicit) if explicit else DEFAULT_CONFIG
     if explicit or path.exists():
         settings.config_source = str(path)
         settings.json_entries = load_json_config(path)

@@ -16,17 +16,13 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from snaptastic_boot.errors import BadInput
 from snaptastic_boot.config.validation import load_schema, validate
+from snaptastic_boot.errors import UserdataError
+from snaptastic_boot.tags import IDENTITY_KEYS
 
-IDENTITY_KEYS = ("role", "cluster", "environment")
 # EC2 caps userdata at 16 KiB; a compressed part may expand, but not without bound.
 MAX_DECOMPRESSED = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-class UserdataError(BadInput):
-    pass
 
 
 def parse(raw: bytes | str | None) -> dict[str, Any]:

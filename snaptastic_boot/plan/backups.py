@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snaptastic_boot import times
-from snaptastic_boot.ec2 import tag_filters, tags_of
+from snaptastic_boot import tags, times
 from snaptastic_boot.errors import BadInput
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -31,10 +30,6 @@ def human(delta: dt.timedelta) -> str:
         if secs >= size:
             return f"{secs / size:.1f}{unit}"
     return f"{secs}s"
-
-
-def filters(wanted: dict[str, Any]) -> list[dict[str, Any]]:
-    return tag_filters({k: str(v) for k, v in wanted.items()})
 
 
 @dataclass(frozen=True)
@@ -65,10 +60,10 @@ class Freshness:
 def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, Any]], max_age: dt.timedelta,
              now: dt.datetime | None = None) -> list[Freshness]:
     now = now or times.now()
-    mount_points = sorted({tags_of(v)["mount_point"] for v in volumes if "mount_point" in tags_of(v)})
+    mount_points = sorted({tags.tags_of(v)[tags.MOUNT_POINT] for v in volumes if tags.MOUNT_POINT in tags.tags_of(v)})
     newest: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
-        mp = tags_of(snap).get("mount_point")
+        mp = tags.tags_of(snap).get(tags.MOUNT_POINT)
         if snap.get("State") != "completed" or mp not in mount_points:
             continue
         if mp not in newest or times.start_time(snap) > times.start_time(newest[mp]):

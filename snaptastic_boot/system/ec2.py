@@ -9,7 +9,6 @@ absorbed without unbounded waits.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -22,41 +21,24 @@ from botocore.config import Config
 
 from snaptastic_boot import __version__
 from snaptastic_boot.errors import AwsError, CredentialsMissing, OperationFailed
+from snaptastic_boot.tags import Tags, tag_list
 
 log = logging.getLogger("snaptastic.ec2")
 
 MAX_ATTEMPTS = 10
 
-Tags = dict[str, str]
-
-
-def tag_list(tags: Tags) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
-
-
-def tags_of(resource: dict[str, Any]) -> Tags:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
-
-
-def tag_filters(tags: dict[str, Sequence[str] | str]) -> list[dict[str, Any]]:
-    return [
-        {"Name": f"tag:{k}", "Values": [v] if isinstance(v, str) else list(v)}
-        for k, v in sorted(tags.items())
-    ]
-
-
 class Ec2:
-    def __init__(self, region: str, *, client: Any = None) -> None:
+    def __init__(self, region: str, *, endpoint: str | None = None, client: Any = None) -> None:
         self.region = region
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
         if client is None:
-            client = self._make_client(region)
+            client = self._make_client(region, endpoint)
         self._client = client
         self._client.meta.events.register("before-call.ec2", self._count)
 
     @staticmethod
-    def _make_client(region: str) -> Any:
+    def _make_client(region: str, endpoint: str | None) -> Any:
         config = Config(
             region_name=region,
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
@@ -65,8 +47,6 @@ class Ec2:
             max_pool_connections=64,
             user_agent_extra=f"snaptastic-boot/{__version__}",
         )
-        # Older botocore (Debian 12 ships 1.29) does not read AWS_ENDPOINT_URL_EC2 itself.
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL") or None
         session = boto3.session.Session()
         if session.get_credentials() is None:
             raise CredentialsMissing(

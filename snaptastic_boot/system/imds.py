@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from snaptastic_boot.errors import MetadataUnavailable
 
 log = logging.getLogger("snaptastic.imds")
 
-DEFAULT_ENDPOINT = "http://169.254.169.254/"
 TOKEN_TTL_SECONDS = 21600
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
@@ -49,13 +47,8 @@ class InstanceMetadata:
         }
 
 
-def backoff_sleeps() -> tuple[float, ...]:
-    """The retry sleeps, cut to SNAPTASTIC_IMDS_TIMEOUT seconds in all when that is set."""
-    raw = os.environ.get("SNAPTASTIC_IMDS_TIMEOUT")
-    try:
-        budget = float(raw) if raw else None
-    except ValueError:
-        budget = None
+def backoff_sleeps(budget: float | None = None) -> tuple[float, ...]:
+    """The retry sleeps, cut to `budget` seconds in all when that is given (SNAPTASTIC_IMDS_TIMEOUT)."""
     if budget is None:
         return BACKOFF_SLEEPS
     out: list[float] = []
@@ -73,13 +66,12 @@ class _TokenUnsupported(Exception):
 class ImdsClient:
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str,
         *,
         sleeps: Sequence[float] | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        base = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
-        self.base = base.rstrip("/") + "/"
+        self.base = endpoint.rstrip("/") + "/"
         self.sleeps = tuple(backoff_sleeps() if sleeps is None else sleeps)
         self.session = session or requests.Session()
         self._token: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +15,7 @@ class Paths:
     run_dir: Path
 
     @classmethod
-    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Paths:
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> Paths:
         return cls(
             dev_root=Path(env.get("SNAPTASTIC_DEV_ROOT", "/dev")),
             sys_root=Path(env.get("SNAPTASTIC_SYS_ROOT", "/sys")),
@@ -27,7 +26,3 @@ class Paths:
     @property
     def lock_file(self) -> Path:
         return self.run_dir / "snaptastic.lock"
-
-    def device(self, name: str) -> Path:
-        """`/dev/xvdf` -> `<dev_root>/xvdf`; the agent names devices as EC2 does and maps them here."""
-        return self.dev_root / name.removeprefix("/dev/")

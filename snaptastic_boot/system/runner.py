@@ -65,8 +65,3 @@ def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
         [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
     )
 
-
-def require(*programs: str) -> None:
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        raise ToolMissing(f"required programs not found on PATH: {', '.join(missing)}")

@@ -11,13 +11,9 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from snaptastic_boot.errors import OperationFailed
+from snaptastic_boot.errors import Stopped
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class Stopped(OperationFailed):
-    pass
 
 
 class GracefulStop:

@@ -21,9 +21,14 @@ META = {"instance-id": "i-1", "availability-zone": "us-east-1a"}
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No settings from this machine: only what a test writes."""
     monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "none.py",))
-    monkeypatch.setattr(settings_mod, "DEFAULT_CONFIG", tmp_path / "none.json")
-    monkeypatch.delenv("SNAPTASTIC_CONFIG", raising=False)
     sys.modules.pop("snaptastic_settings", None)
+
+
+def load(path: str | None = None) -> settings_mod.Settings:
+    """As the commands load: an explicit --config path, else a default path that does not exist here."""
+    if path is not None:
+        return settings_mod.load(Path(path), explicit=True)
+    return settings_mod.load(Path("/nonexistent/snaptastic.json"), explicit=False)
 
 
 def write_config(tmp_path: Path, data: object) -> str:
@@ -50,7 +55,7 @@ def test_seed_settings_module_on_sys_path(tmp_path: Path, monkeypatch: pytest.Mo
                 return volumes
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    loaded = settings_mod.load()
+    loaded = load()
     assert loaded.names == ["solr"]
     snap = loaded.snapshotter("solr", USERDATA, META)
     spec = settings_mod.resolve(snap)
@@ -74,7 +79,7 @@ def test_seed_custom_filter_tags_and_fs_class(tmp_path: Path, monkeypatch: pytes
                 return {'group': self.userdata['group']}
     """))
     monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "missing.py", tmp_path / "settings.py"))
-    loaded = settings_mod.load()
+    loaded = load()
     spec = settings_mod.resolve(loaded.snapshotter("filter_example", {"group": "g1"}, META))
     assert spec.filter_tags == {"group": "g1"} and spec.volumes[0].filesystem == "xfs"
     with pytest.raises(BadInput, match=r"userdata\.group: missing"):
@@ -88,7 +93,7 @@ def test_json_and_python_forms_make_the_same_model(tmp_path: Path, monkeypatch: 
         "    def get_volumes(self):\n        return [EBSVolume('/dev/sdf', '/mnt/solr', size=20)]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write_config(tmp_path, {"snapshotters": {"js": {"volumes": [solr_volume()]}}})
-    loaded = settings_mod.load(path)
+    loaded = load(path)
     a = settings_mod.resolve(loaded.snapshotter("py", USERDATA, META))
     b = settings_mod.resolve(loaded.snapshotter("js", USERDATA, META))
     assert (a.volumes, a.filter_tags, a.retention) == (b.volumes, b.filter_tags, b.retention)
@@ -99,16 +104,22 @@ def test_json_config_full_volume(tmp_path: Path) -> None:
         "volumes": [solr_volume(filesystem="xfs", volume_type="io2", iops=5000, encrypted=True, kms_key_id="alias/k",
                                 mount_options="noatime,nodiratime", delete_on_termination=False)],
         "filter_tags": ["role", "environment"], "retention": {"days": 14, "keep": 5}}}})
-    spec = settings_mod.resolve(settings_mod.load(path).snapshotter("db", USERDATA, META))
+    spec = settings_mod.resolve(load(path).snapshotter("db", USERDATA, META))
     v = spec.volumes[0]
     assert (v.filesystem, v.volume_type, v.iops, v.encrypted, v.delete_on_termination) == ("xfs", "io2", 5000, True, False)
     assert spec.filter_tags == {"role": "solr", "environment": "production"}
     assert (spec.retention.days, spec.retention.keep) == (14, 5)
 
 
-def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SNAPTASTIC_CONFIG", write_config(tmp_path, {"snapshotters": {"x": {"volumes": [solr_volume()]}}}))
-    assert settings_mod.load().names == ["x"]
+def test_config_from_environment_variable(tmp_path: Path) -> None:
+    from snaptastic_boot.commands.context import Inputs, load_settings
+    from snaptastic_boot.tunables import Tunables
+
+    path = write_config(tmp_path, {"snapshotters": {"x": {"volumes": [solr_volume()]}}})
+    assert load_settings(Inputs(), Tunables.from_env({"SNAPTASTIC_CONFIG": path})).names == ["x"]
+    missing = Tunables.from_env({"SNAPTASTIC_CONFIG": str(tmp_path / "gone.json")})
+    with pytest.raises(BadInput, match=r"gone\.json not found"):
+        load_settings(Inputs(), missing)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +153,7 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
 )
 def test_bad_config_names_the_field(tmp_path: Path, data: object, message: str) -> None:
     with pytest.raises(BadInput) as err:
-        settings_mod.load(write_config(tmp_path, data))
+        load(write_config(tmp_path, data))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -151,16 +162,16 @@ def test_config_not_json(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text("{")
     with pytest.raises(BadInput, match="is not valid JSON"):
-        settings_mod.load(str(path))
+        load(str(path))
 
 
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="not found"):
-        settings_mod.load(str(tmp_path / "nope.json"))
+        load(str(tmp_path / "nope.json"))
 
 
 def test_unknown_snapshotter_lists_known(tmp_path: Path) -> None:
-    loaded = settings_mod.load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
+    loaded = load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
     with pytest.raises(BadInput, match=r"snapshotter 'sorl' is not defined; did you mean 'solr'\? known: solr"):
         loaded.snapshotter("sorl", USERDATA, META)
 
@@ -170,14 +181,14 @@ def test_name_in_both_forms_is_an_error(tmp_path: Path, monkeypatch: pytest.Monk
         "from snaptastic_boot import Snapshotter, EBSVolume\nclass S(Snapshotter):\n    name = 'solr'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(BadInput, match="defined both"):
-        settings_mod.load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
+        load(write_config(tmp_path, {"snapshotters": {"solr": {"volumes": [solr_volume()]}}}))
 
 
 def test_broken_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "snaptastic_settings.py").write_text("class (:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(BadInput, match="syntax error at line 1"):
-        settings_mod.load()
+        load()
 
 
 def test_nested_mount_points_refused() -> None:
@@ -200,7 +211,7 @@ def test_fuzz_config_raises_only_our_error(value: object) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(value, f)
     try:
-        settings_mod.load(f.name)
+        load(f.name)
     except BadInput:
         pass
     finally:

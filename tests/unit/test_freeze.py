@@ -56,7 +56,7 @@ def test_all_frozen_together_then_all_thawed() -> None:
 def test_a_failing_freeze_thaws_the_others() -> None:
     fake = Fake(fail="/mnt/2")
     with pytest.raises(OperationFailed, match="cannot freeze /mnt/2"):
-        with freeze_mod.frozen(["/mnt/1", "/mnt/2", "/mnt/3"], fake.freeze, fake.thaw):
+        with freeze_mod.frozen(["/mnt/1", "/mnt/2", "/mnt/3"], fake.freeze, fake.thaw, max_seconds=30):
             raise AssertionError("not reached")
     assert fake.frozen == set()
 
@@ -64,7 +64,7 @@ def test_a_failing_freeze_thaws_the_others() -> None:
 def test_an_error_inside_thaws() -> None:
     fake = Fake()
     with pytest.raises(RuntimeError):
-        with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw):
+        with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw, max_seconds=30):
             raise RuntimeError("the API call failed")
     assert fake.frozen == set()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from snaptastic_boot.system import fstab
 from snaptastic_boot.errors import OperationFailed
+from snaptastic_boot.system import fstab
 
 BASE = "# /etc/fstab: static file system information.\nUUID=1111 / ext4 errors=remount-ro 0 1\n"
 E1 = fstab.Entry("aaaa-bbbb", "/mnt/solr", "ext4", "defaults")

@@ -4,10 +4,9 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot.plan import restore
-from snaptastic_boot.system.devices import Mount
 from snaptastic_boot.errors import BadInput, UnsafeOperation
-from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
+from snaptastic_boot.model import Mount, SnapshotterSpec, VolumeSpec
+from snaptastic_boot.plan import restore
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 TAGS = {"role": "solr", "cluster": "c", "environment": "e"}
@@ -123,9 +122,12 @@ def test_create_params_tags_and_token() -> None:
 
 def test_plan_renders_and_serialises() -> None:
     p = plan([snap("snap-new", "/mnt/solr", 5)])
-    text = p.render()
+    from snaptastic_boot.commands.mount_snapshots import fstab_preview
+
+    text = p.render(fstab_preview)
     assert "create 20 GiB gp3 from snap-new" in text and "UUID=<filesystem uuid> /mnt/solr ext4" in text
-    assert p.as_dict()["steps"][0]["fstab"].startswith("UUID=")
+    assert p.as_dict(fstab_preview)["steps"][0]["fstab"].startswith("UUID=")
+    assert p.as_dict()["steps"][0]["action"] == "create"
 
 
 def test_initialization_rate_only_where_boto3_knows_it(caplog: pytest.LogCaptureFixture) -> None:

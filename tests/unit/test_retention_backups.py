@@ -5,10 +5,10 @@ import datetime as dt
 import pytest
 
 from snaptastic_boot import times
-from snaptastic_boot.plan import backups
-from snaptastic_boot.plan import clean as retention
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
+from snaptastic_boot.plan import backups
+from snaptastic_boot.plan import clean as retention
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc)
 TAGS = {"role": "solr", "cluster": "c", "environment": "e"}

@@ -4,10 +4,9 @@ import datetime as dt
 
 import pytest
 
-from snaptastic_boot.plan import snapshot as snapshots
-from snaptastic_boot.system.devices import Mount
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
-from snaptastic_boot.model import Retention, SnapshotterSpec, VolumeSpec
+from snaptastic_boot.model import Mount, Retention, SnapshotterSpec, VolumeSpec
+from snaptastic_boot.plan import snapshot as snapshots
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc)
 TAGS = {"role": "solr", "cluster": "c", "environment": "e"}

@@ -1,0 +1,58 @@
+"""unmount-snapshots, applying: unmount, drop our fstab lines, detach (and with --delete, delete) the volumes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snaptastic_boot import tags, times
+from snaptastic_boot.apply import waits
+from snaptastic_boot.apply.hooks import Hooks
+from snaptastic_boot.plan.unmount import UnmountPlan
+from snaptastic_boot.system import fstab
+from snaptastic_boot.system.interfaces import DeviceAdapter, Ec2Api
+
+log = logging.getLogger("snaptastic.unmount")
+
+DETACH_WAIT = 120.0
+
+
+@dataclass
+class Unmounter:
+    ec2: Ec2Api
+    devices: DeviceAdapter
+    fstab_path: Path
+    hooks: Hooks = field(default_factory=Hooks)
+    wait_timeout: float | None = None
+
+    def apply(self, plan: UnmountPlan) -> dict[str, Any]:
+        done: list[str] = []
+        mount_points = [s.mount_point for s in plan.steps]
+        self.hooks.call_all("pre_unmounts", mount_points)
+        for s in plan.steps:
+            self.hooks.call_one("pre_unmount", s.mount_point)
+            if s.mounted:
+                self.devices.umount(s.mount_point)
+                done.append(f"unmounted {s.mount_point}")
+        old = fstab.read(self.fstab_path)
+        if fstab.write_atomic(self.fstab_path, fstab.merge(old, remove=mount_points)):
+            done.append("removed fstab entries")
+        detach = [(s.mount_point, s.volume_id) for s in plan.steps if s.volume_id and s.attached]
+        for _, volume_id in detach:
+            self.ec2.detach_volume(volume_id)
+        if detach:
+            waits.until("volumes detached", [vid for _, vid in detach],
+                        lambda ids: {v["VolumeId"]: v for v in self.ec2.describe_volumes(volume_ids=ids)},
+                        lambda v: v.get("State") == "available", limit=waits.bound(DETACH_WAIT, self.wait_timeout))
+            # Marked so the next mount-snapshots restores from the newest snapshot instead of reattaching a
+            # volume the user took away on purpose (an interrupted run's volumes carry no such mark).
+            self.ec2.create_tags([vid for _, vid in detach], {tags.DETACHED: times.iso(times.now())})
+            done += [f"detached {vid} from {mp}" for mp, vid in detach]
+        for s in plan.steps:
+            if s.volume_id and s.delete:
+                self.ec2.delete_volume(s.volume_id)
+                done.append(f"deleted {s.volume_id}")
+        self.hooks.after("unmount", mount_points)
+        return {"snapshotter": plan.snapshotter, "done": done, "api_calls": dict(self.ec2.calls)}

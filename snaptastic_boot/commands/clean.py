@@ -1,0 +1,47 @@
+"""snaptastic clean: delete expired snapshots or leaked volumes of one or every configured snapshotter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snaptastic_boot import tags
+from snaptastic_boot.apply.clean import delete_all
+from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json
+from snaptastic_boot.errors import BadInput
+from snaptastic_boot.plan import clean
+from snaptastic_boot.tunables import Tunables
+
+
+def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = None, dry_run: bool = False,
+        force: bool = False, as_json: bool = False, tunables: Tunables | None = None,
+        adapters: Adapters | None = None) -> int:
+    ctx = build(inputs, tunables, adapters)
+    # Without a name (as the original `snaptastic clean snapshots`), every configured snapshotter.
+    specs = [ctx.snapshotter(n)[1] for n in ([name] if name else ctx.settings.names)]
+    if not specs:
+        raise BadInput("clean: no snapshotters are configured; nothing is ever cleaned without a snapshotter's tags")
+    ec2 = ctx.ec2()
+    plan: list[Any] = []
+    for spec in specs:
+        if component == "snapshots":
+            found = clean.plan_snapshot_cleanup(spec, ec2.describe_snapshots(tags.snapshot_filters(spec)),
+                                                keep if keep is not None else spec.retention.keep)
+            in_use = ec2.images_using_snapshots([d.snapshot_id for d in found])
+            plan += [d for d in found if d.snapshot_id not in in_use]
+        else:
+            available = [*tags.volume_filters(spec), {"Name": "status", "Values": ["available"]}]
+            plan += clean.plan_volume_cleanup(spec, ec2.describe_volumes(filters=available))
+    if as_json and dry_run:
+        print_json([d.as_dict() for d in plan])
+        return 0
+    for d in plan:
+        print(f"{'would delete' if dry_run else 'delete'} {d.describe()}")
+    if dry_run or not plan:
+        if not plan:
+            print(f"no {component} to clean")
+        return 0
+    if not force and not confirm(f"Delete {len(plan)} {component}?"):
+        print("nothing done")
+        return 1
+    delete_all(ec2, plan)
+    return 0

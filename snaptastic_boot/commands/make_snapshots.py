@@ -1,0 +1,36 @@
+"""snaptastic make-snapshots: freeze, snapshot in one call and thaw the mounted volumes of a snapshotter."""
+
+from __future__ import annotations
+
+from snaptastic_boot.apply.snapshot import SnapshotMaker, local_devices
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, start
+from snaptastic_boot.plan import snapshot
+from snaptastic_boot.system import lock
+from snaptastic_boot.tunables import Tunables
+
+
+def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, dry_run: bool = False,
+        as_json: bool = False, tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
+    r = start(build(inputs, tunables, adapters), name)
+    with lock.exclusive(r.paths.lock_file):
+        instance = r.ec2.describe_instance(r.ctx.metadata.instance_id)
+        plan = snapshot.plan_snapshots(r.spec, snapshot.description(r.snapshotter, r.spec), instance,
+                                       r.devices.mounts(), local_devices(r.devices, instance), freeze=freeze)
+        volumes = r.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets])
+        plan = snapshot.with_missing_tags(plan, r.spec.filter_tags, volumes)
+        if dry_run:
+            if as_json:
+                print_json(plan.as_dict())
+            else:
+                print(plan.render())
+            return 0
+        maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
+                              wait_timeout=r.ctx.tunables.wait_timeout)
+        report = maker.apply(plan, wait=wait)
+    if as_json:
+        print_json(report.as_dict())
+        return 0
+    for mp, snap_id in sorted(report.snapshots.items()):
+        print(f"{mp}: {snap_id}")
+    print(f"frozen for {report.freeze_ms:.0f} ms")
+    return 0

@@ -1,0 +1,59 @@
+"""snaptastic mount-snapshots: restore the volumes of a snapshotter (idempotent: a rerun is harmless)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from snaptastic_boot import tags
+from snaptastic_boot.apply.restore import Restorer
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, start
+from snaptastic_boot.plan import restore
+from snaptastic_boot.system import fstab, lock
+from snaptastic_boot.system.stopping import GracefulStop
+from snaptastic_boot.tunables import Tunables
+
+log = logging.getLogger("snaptastic")
+
+
+def fstab_preview(step: restore.VolumeStep) -> str:
+    return fstab.Entry("<filesystem uuid>", step.mount_point, step.spec.filesystem, step.spec.mount_options).line()
+
+
+def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | None = None, force: bool = False,
+        dry_run: bool = False, as_json: bool = False, tunables: Tunables | None = None,
+        adapters: Adapters | None = None) -> int:
+    pinned_ids = restore.parse_pins(pins)
+    before_time: dt.datetime | None = restore.parse_time(before) if before else None
+    r = start(build(inputs, tunables, adapters), name)
+    ec2, meta = r.ec2, r.ctx.metadata
+    with lock.exclusive(r.paths.lock_file):
+        snapshots = ec2.describe_snapshots(tags.snapshot_filters(r.spec))
+        found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []
+        pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
+        ours = ec2.describe_volumes(filters=tags.volume_filters(r.spec, meta.instance_id))
+        plan = restore.plan_restore(r.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
+                                    r.devices.mounts(), pinned=pinned, before=before_time)
+        if dry_run:
+            if as_json:
+                print_json(plan.as_dict(fstab_preview))
+            else:
+                print(plan.render(fstab_preview))
+            return 0
+        for step in plan.steps:
+            log.info("plan: %s", step.describe())
+        with GracefulStop() as stop:
+            restorer = Restorer(ec2, r.devices, r.paths.fstab, hooks=r.hooks, stop=stop,
+                                wait_timeout=r.ctx.tunables.wait_timeout)
+            report = restorer.apply(plan)
+    log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)", report.seconds, ec2.total_calls,
+             ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())))
+    if as_json:
+        print_json(report.as_dict())
+        return 0
+    for v in report.volumes:
+        what = "formatted, " if v.formatted else ""
+        source = f"from {v.snapshot_id}" if v.snapshot_id else "empty" if v.action == restore.Action.CREATE else v.action
+        print(f"{v.mount_point}: {v.volume_id} on {v.local_device} ({what}{source})")
+    return 0

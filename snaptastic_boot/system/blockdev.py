@@ -1,0 +1,122 @@
+"""Block devices: find the local device of an EBS volume, check it is that volume, probe, format, grow.
+
+Xen instances show `/dev/sdf` as `xvdf` (or `sdf`); Nitro instances show NVMe devices whose serial number is the
+volume id without the dash. Every path comes from `Paths`, every program runs through `runner.run`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from snaptastic_boot.errors import OperationFailed, UnsafeOperation
+from snaptastic_boot.model import Probe
+from snaptastic_boot.system.paths import Paths
+from snaptastic_boot.system.runner import run
+
+EBS_MODEL = "Amazon Elastic Block Store"
+PROBE_BYTES = 1024 * 1024
+
+
+def nvme_serial_volume_id(serial: str) -> str | None:
+    """`vol0123abcd...` (as the NVMe controller reports it) -> `vol-0123abcd...`."""
+    s = serial.strip()
+    if s.startswith("vol") and not s.startswith("vol-") and len(s) > 3:
+        return "vol-" + s[3:]
+    return s if s.startswith("vol-") else None
+
+
+class BlockDevices:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def nvme_volumes(self) -> dict[str, Path]:
+        """volume id -> device path, for every EBS NVMe device the system shows."""
+        out: dict[str, Path] = {}
+        block = self.paths.sys_root / "block"
+        if not block.is_dir():
+            return out
+        for entry in sorted(block.iterdir()):
+            if not entry.name.startswith("nvme"):
+                continue
+            try:
+                model = (entry / "device" / "model").read_text().strip()
+                serial = (entry / "device" / "serial").read_text()
+            except OSError:
+                continue
+            volume_id = nvme_serial_volume_id(serial)
+            if model == EBS_MODEL and volume_id:
+                out[volume_id] = self.paths.dev_root / entry.name
+        return out
+
+    def find(self, volume_id: str, device_name: str) -> Path | None:
+        """The local block device of an attached volume, or None if it has not appeared (yet)."""
+        nvme = self.nvme_volumes().get(volume_id)
+        if nvme is not None:
+            return nvme if _is_block(nvme) else None
+        base = device_name.removeprefix("/dev/")
+        candidates = [base.replace("sd", "xvd", 1), base] if base.startswith("sd") else [base, base.replace("xvd", "sd", 1)]
+        for name in candidates:
+            path = self.paths.dev_root / name
+            if _is_block(path):
+                return path
+        return None
+
+    def verify_identity(self, path: Path, volume_id: str) -> None:
+        """Refuse to touch a device that is not the volume we think it is (by-id links can be stale)."""
+        if not path.name.startswith("nvme"):
+            return  # Xen devices carry no serial; the device name is all EC2 gives.
+        serial_file = self.paths.sys_root / "block" / path.name / "device" / "serial"
+        try:
+            found = nvme_serial_volume_id(serial_file.read_text())
+        except OSError as exc:
+            raise UnsafeOperation(f"cannot read the serial of {path} to check it is {volume_id}: {exc.strerror}") from exc
+        if found != volume_id:
+            raise UnsafeOperation(f"{path} is volume {found}, not {volume_id}; refusing to touch it")
+
+    @staticmethod
+    def major_minor(path: Path) -> str:
+        rdev = os.stat(path).st_rdev
+        return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+    @staticmethod
+    def probe(path: Path) -> Probe:
+        """What is on the device. A device that cannot be read is an error, never 'blank'."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                head = os.read(fd, PROBE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {path}: {exc.strerror}") from exc
+        result = run(["blkid", "-p", "-o", "export", str(path)], ok_codes=(0, 2))
+        values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        probe = Probe(values.get("TYPE"), values.get("UUID"), values.get("PTTYPE"))
+        if probe.blank and head.strip(b"\0"):
+            # blkid knows no signature, but the device holds data: treat it as not blank.
+            return Probe("unknown-data", None, None)
+        return probe
+
+    def mkfs(self, path: Path, fstype: str, volume_id: str) -> None:
+        if not self.probe(path).blank:
+            raise UnsafeOperation(f"{path} ({volume_id}) is not blank; refusing to format it")
+        # xfs labels hold at most 12 characters; ext4 labels 16.
+        label = ["-L", volume_id.replace("vol-", "")[:12]]
+        argv = {"ext4": ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1"], "xfs": ["mkfs.xfs", "-q"]}[fstype]
+        run([*argv, *label, str(path)], timeout=600)
+
+    @staticmethod
+    def grow(path: Path, mount_point: str, fstype: str) -> None:
+        if fstype == "ext4":
+            run(["resize2fs", str(path)], timeout=1800)
+        elif fstype == "xfs":
+            run(["xfs_growfs", mount_point], timeout=1800)
+
+
+def _is_block(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,55 @@
+"""Everything the environment can tune, read once at start-up into one object that is passed down.
+
+Nothing below the commands reads `os.environ`: a test or the lab sets variables for a whole run, and a
+reader of the code finds every knob here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from snaptastic_boot.system.paths import Paths
+
+DEFAULT_CONFIG = "/etc/snaptastic/snaptastic.json"
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254/"
+# The freeze bound: filesystems are thawed after this many seconds whatever happens.
+DEFAULT_MAX_FREEZE = 30.0
+
+
+@dataclass(frozen=True)
+class Tunables:
+    paths: Paths
+    config_path: str
+    config_explicit: bool
+    imds_endpoint: str
+    ec2_endpoint: str | None
+    region: str | None
+    wait_timeout: float | None
+    imds_timeout: float | None
+    max_freeze: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tunables:
+        env = os.environ if environ is None else environ
+        config = env.get("SNAPTASTIC_CONFIG") or ""
+        return cls(
+            paths=Paths.from_env(env),
+            config_path=config or DEFAULT_CONFIG,
+            config_explicit=bool(config),
+            imds_endpoint=env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT,
+            # Older botocore (Debian 12 ships 1.29) does not read AWS_ENDPOINT_URL_EC2 itself.
+            ec2_endpoint=env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            wait_timeout=_seconds(env.get("SNAPTASTIC_WAIT_TIMEOUT")),
+            imds_timeout=_seconds(env.get("SNAPTASTIC_IMDS_TIMEOUT")),
+            max_freeze=_seconds(env.get("SNAPTASTIC_MAX_FREEZE")) or DEFAULT_MAX_FREEZE,
+        )
+
+
+def _seconds(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
