@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from snaptastic_boot import __version__
+from snaptastic_boot import __version__, messages
 from snaptastic_boot.errors import EXIT_BAD_INPUT, EXIT_FAILED, SnaptasticError, UsageError
 
 log = logging.getLogger("snaptastic")
@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse prints usage and exits 2 by itself; we want our one-line error and our exit code."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UsageError(messages.usage(self.prog, message))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

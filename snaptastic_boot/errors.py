@@ -6,6 +6,8 @@ so nothing above them has to know which library failed. The texts live in `messa
 
 from __future__ import annotations
 
+from snaptastic_boot import messages
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -97,7 +99,7 @@ class AwsError(OperationFailed):
     def __init__(self, action: str, code: str, message: str) -> None:
         self.action = action
         self.code = code
-        super().__init__(f"EC2 {action} failed: {code}: {message}")
+        super().__init__(messages.ec2_failed(action, f"{code}: {message}"))
 
 
 class WaitTimeout(OperationFailed):

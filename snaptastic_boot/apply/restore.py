@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from snaptastic_boot import times
+from snaptastic_boot import messages, times
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.apply.parallel import run_all
@@ -150,7 +150,7 @@ class Restorer:
             done = waits.until("snapshots completed", plan.wait_pending, fetch, lambda s: s.get("State") == "completed",
                                failed=waits.snapshot_failed, limit=plan.pending_wait_limit)
         except WaitTimeout as exc:
-            raise WaitTimeout(f"{exc}; restore an older snapshot with --snapshot MOUNT=SNAP_ID or raise pending_snapshot_wait") from exc
+            raise WaitTimeout(messages.pending_snapshot_timeout(exc)) from exc
         out = []
         for s in steps:
             if s.snapshot and s.snapshot.snapshot_id in done:
@@ -192,8 +192,7 @@ class Restorer:
             found = waits.until("block devices", list(by_volume), fetch, lambda _: True, label=_labeller(work),
                                 limit=waits.bound(DEVICE_WAIT, self.wait_timeout))
         except WaitTimeout as exc:
-            raise WaitTimeout(f"{exc}: the volume is attached in EC2 but no block device appeared; "
-                              "check the kernel log; a rerun reuses the volume") from exc
+            raise WaitTimeout(messages.no_block_device(exc)) from exc
         return {by_volume[vid].mount_point: path for vid, path in found.items()}
 
     def _prepare(self, work: Work, path: Path, result: VolumeResult) -> None:
@@ -204,16 +203,14 @@ class Restorer:
         fstype = probe.fstype
         if probe.blank:
             if not step.format_if_blank:
-                raise UnsafeOperation(f"{path} ({volume_id}) restored for {step.mount_point} has no filesystem; "
-                                      "refusing to format a volume made from a snapshot")
+                raise UnsafeOperation(messages.restored_without_filesystem(path, volume_id, step.mount_point))
             log.info("formatting %s (%s) as %s", path, volume_id, step.spec.filesystem)
             self.devices.mkfs(path, step.spec.filesystem, volume_id)
             result.formatted = True
             fstype = step.spec.filesystem
             probe = self.devices.probe(path)
         elif fstype not in MOUNTABLE:
-            what = "data without a known filesystem" if fstype == "unknown-data" else f"a {fstype} filesystem"
-            raise UnsafeOperation(f"{path} ({volume_id}) for {step.mount_point} holds {what}; refusing to format or mount it")
+            raise UnsafeOperation(messages.unknown_contents(path, volume_id, step.mount_point, str(fstype)))
         result.uuid = probe.uuid or ""
         options = step.spec.mount_options
         if fstype == "xfs" and probe.uuid and self.devices.xfs_uuid_in_use(probe.uuid):
@@ -221,7 +218,7 @@ class Restorer:
         mount = self.devices.mount_at(step.mount_point)
         if mount is not None:
             if mount.major_minor != self.devices.major_minor(path):
-                raise UnsafeOperation(f"{step.mount_point} is already mounted from {mount.source}; unmount it first")
+                raise UnsafeOperation(messages.mounted_from_elsewhere(step.mount_point, mount.source))
         else:
             hidden = self.devices.entries(step.mount_point)
             if hidden:
@@ -245,7 +242,7 @@ class Restorer:
         path = self.devices.find(work.volume_id, step.device)
         mount = self.devices.mount_at(step.mount_point)
         if path is None or mount is None or mount.major_minor != self.devices.major_minor(path):
-            raise UnsafeOperation(f"{step.mount_point} is mounted, but not from {work.volume_id}; unmount it first")
+            raise UnsafeOperation(messages.mounted_not_from(step.mount_point, work.volume_id))
         self.devices.verify_identity(path, work.volume_id)
         result.local_device = str(path)
         result.uuid = self.devices.probe(path).uuid or ""

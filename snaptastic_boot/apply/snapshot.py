@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import tags
+from snaptastic_boot import messages, tags
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.freeze import frozen
 from snaptastic_boot.apply.hooks import Hooks
@@ -64,7 +64,7 @@ class SnapshotMaker:
 
     def apply(self, plan: SnapshotPlan, wait: bool = False) -> SnapshotReport:
         if not plan.targets:
-            raise BadInput(f"snapshotter '{plan.snapshotter}' has no volumes to snapshot")
+            raise BadInput(messages.nothing_to_snapshot(plan.snapshotter))
         mount_points = [t.mount_point for t in plan.targets]
         for t in plan.targets:
             # The device must still be the volume the snapshot is going to be of.
@@ -90,7 +90,7 @@ class SnapshotMaker:
         result = {t.mount_point: by_volume[t.volume_id] for t in plan.targets if t.volume_id in by_volume}
         lost = [t.mount_point for t in plan.targets if t.volume_id not in by_volume]
         if lost:
-            raise OperationFailed(f"EC2 returned no snapshot for {', '.join(lost)}")
+            raise OperationFailed(messages.no_snapshot_returned(lost))
         for t in plan.targets:
             log.info("snapshot %s of %s (%s)", result[t.mount_point], t.mount_point, t.volume_id)
         self.hooks.after("snapshot", mount_points)

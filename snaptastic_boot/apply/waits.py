@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import OperationFailed, WaitTimeout
 from snaptastic_boot.model import GONE_STATES
 
@@ -58,7 +59,7 @@ def until(
                 continue
             reason = failed(state)
             if reason:
-                raise OperationFailed(f"{what}: {label(key)} {reason}")
+                raise OperationFailed(messages.wait_failed(what, label(key), reason))
             if done(state):
                 results[key] = state
                 remaining.remove(key)
@@ -66,7 +67,7 @@ def until(
             break
         now = time.monotonic()
         if now - started > limit:
-            raise WaitTimeout(f"{what}: gave up after {limit:.0f}s waiting for {', '.join(map(label, remaining))}")
+            raise WaitTimeout(messages.wait_gave_up(what, limit, [label(k) for k in remaining]))
         if now - last_progress >= PROGRESS_EVERY:
             log.info("%s: still waiting for %s (%.0fs)", what, ", ".join(map(label, remaining)), now - started)
             last_progress = now

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from snaptastic_boot import tags
+from snaptastic_boot import messages, tags
 from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.plan import backups
@@ -25,7 +25,7 @@ def run(inputs: Inputs, *, age: str = "1d", given: dict[str, str] | None = None,
         region = tunables.region or adapters.imds(tunables).instance_metadata().region
     missing = [k for k, v in wanted.items() if not v]
     if missing:
-        raise BadInput(f"check-backups: --{missing[0]} is needed (not in userdata either)")
+        raise BadInput(messages.check_backups_tag_missing(missing[0]))
     ec2 = adapters.ec2(region, tunables)
     filters = tags.tag_filters({k: str(v) for k, v in wanted.items()})
     result = backups.evaluate(ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}]),

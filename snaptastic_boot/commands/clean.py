@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snaptastic_boot import tags
+from snaptastic_boot import messages, tags
 from snaptastic_boot.apply.clean import delete_all
 from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json
 from snaptastic_boot.errors import BadInput
@@ -19,7 +19,7 @@ def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = 
     # Without a name (as the original `snaptastic clean snapshots`), every configured snapshotter.
     specs = [ctx.snapshotter(n)[1] for n in ([name] if name else ctx.settings.names)]
     if not specs:
-        raise BadInput("clean: no snapshotters are configured; nothing is ever cleaned without a snapshotter's tags")
+        raise BadInput(messages.CLEAN_NOTHING_CONFIGURED)
     ec2 = ctx.ec2()
     plan: list[Any] = []
     for spec in specs:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snaptastic_boot import messages
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.config import userdata as userdata_mod
@@ -136,5 +137,5 @@ def confirm(question: str) -> bool:
     sys.stderr.flush()
     line = sys.stdin.readline() if sys.stdin is not None and not sys.stdin.closed else ""
     if not line:
-        raise BadInput(f"{question.rstrip('?')}: needs confirmation and nothing answered; add --yes/--force")
+        raise BadInput(messages.no_answer(question))
     return line.strip().lower() in ("y", "yes", "yeay")

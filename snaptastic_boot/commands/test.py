@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from snaptastic_boot import messages
 from snaptastic_boot.commands.context import Adapters, Context, Inputs, load_settings
 from snaptastic_boot.config import userdata as userdata_mod
 from snaptastic_boot.errors import AwsError, BadInput, EnvironmentNotUsable, SnaptasticError
@@ -64,8 +65,8 @@ def run(inputs: Inputs, tunables: Tunables | None = None, adapters: Adapters | N
     print(f"tools: {'ok' if not missing else 'MISSING ' + ', '.join(missing)}"
           f"{'; without xfs support (install xfsprogs): ' + ', '.join(optional) if optional else ''}")
     if missing or "credentials" in problems:
-        raise EnvironmentNotUsable(f"not ready: {', '.join(problems + missing)}")
+        raise EnvironmentNotUsable(messages.not_ready(problems + missing))
     if problems:
-        raise BadInput(f"not ready: {', '.join(problems)}")
+        raise BadInput(messages.not_ready(problems))
     print("all good")
     return 0

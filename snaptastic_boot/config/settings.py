@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snaptastic_boot import messages
 from snaptastic_boot.config.userdata import validate_keys
 from snaptastic_boot.config.validation import load_schema, validate
 from snaptastic_boot.errors import BadInput, ConfigError, ValidationFailed
@@ -48,11 +49,8 @@ class Settings:
             return ConfiguredSnapshotter(name, self.json_entries[name], userdata=userdata, metadata=metadata)
         known = self.names
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
         where = ", ".join(s for s in (self.python_source, self.config_source) if s) or "no settings file or config found"
-        raise BadInput(
-            f"snapshotter '{name}' is not defined; {hint}known: {', '.join(known) or 'none'} (from {where})"
-        )
+        raise BadInput(messages.snapshotter_unknown(name, close[0] if close else None, known, where))
 
 
 def load(path: Path, explicit: bool) -> Settings:
@@ -64,9 +62,7 @@ def load(path: Path, explicit: bool) -> Settings:
         settings.json_entries = load_json_config(path)
     both = sorted(set(settings.python_classes) & set(settings.json_entries))
     if both:
-        raise ConfigError(
-            f"snapshotter {', '.join(both)} is defined both in {settings.python_source} and in {settings.config_source}; keep one"
-        )
+        raise ConfigError(messages.defined_twice(both, settings.python_source, settings.config_source))
     return settings
 
 
@@ -87,19 +83,19 @@ def _import_settings() -> str | None:
         try:
             module = importlib.import_module("snaptastic_settings")
         except Exception as exc:
-            raise ConfigError(f"settings module snaptastic_settings failed to load: {_describe(exc)}") from exc
+            raise ConfigError(messages.settings_failed("settings module snaptastic_settings", _describe(exc))) from exc
         return str(getattr(module, "__file__", "snaptastic_settings"))
     for path in SETTINGS_FILES:
         if path.exists():
             spec = importlib.util.spec_from_file_location("snaptastic_settings", path)
             if spec is None or spec.loader is None:
-                raise ConfigError(f"settings file {path} cannot be loaded")
+                raise ConfigError(messages.settings_unloadable(path))
             module = importlib.util.module_from_spec(spec)
             sys.modules["snaptastic_settings"] = module
             try:
                 spec.loader.exec_module(module)
             except Exception as exc:
-                raise ConfigError(f"settings file {path} failed to load: {_describe(exc)}") from exc
+                raise ConfigError(messages.settings_failed(f"settings file {path}", _describe(exc))) from exc
             return str(path)
     return None
 
@@ -114,13 +110,13 @@ def load_json_config(path: Path) -> dict[str, dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError(f"config: {path} not found; create it or point --config/SNAPTASTIC_CONFIG at the right file") from exc
+        raise ConfigError(messages.config_not_found(path)) from exc
     except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(messages.config_unreadable(path, exc.strerror)) from exc
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"config: {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+        raise ConfigError(messages.config_not_json(path, exc.msg, exc.lineno, exc.colno)) from exc
     validate(data, load_schema("config.schema.json"), "config")
     entries: dict[str, dict[str, Any]] = data["snapshotters"]
     for name, entry in entries.items():
@@ -138,13 +134,13 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
     try:
         spec = snapshotter.spec()
     except KeyError as exc:
-        raise BadInput(f"userdata.{exc.args[0]}: missing; snapshotter '{snapshotter.name}' filters on it") from exc
+        raise BadInput(messages.userdata_key_missing(exc.args[0], str(snapshotter.name))) from exc
     validate_keys(spec.filter_tags, spec.filter_tags.keys())
     if "mount_point" in spec.filter_tags:
-        raise BadInput(f"snapshotter '{spec.name}': get_filter_tags() must not return mount_point; it is added per volume")
+        raise BadInput(messages.filter_tags_with_mount_point(spec.name))
     problems = volume_problems(spec.volumes, where=f"snapshotter '{spec.name}' volumes")
     if problems:
         raise ValidationFailed("settings", problems)
     if not spec.volumes:
-        raise BadInput(f"snapshotter '{spec.name}': get_volumes() returned no volumes")
+        raise BadInput(messages.no_volumes(spec.name))
     return spec

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+from snaptastic_boot import messages
 from snaptastic_boot.config.validation import load_schema, validate
 from snaptastic_boot.errors import UserdataError
 from snaptastic_boot.tags import IDENTITY_KEYS
@@ -28,7 +29,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 def parse(raw: bytes | str | None) -> dict[str, Any]:
     """Find the JSON object in raw userdata; raise UserdataError saying what is wrong."""
     if raw is None:
-        raise UserdataError("userdata: missing; give the instance JSON userdata with role, cluster and environment, or pass --userdata")
+        raise UserdataError(messages.USERDATA_MISSING)
     data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
     data = _gunzip(data) if data[:2] == GZIP_MAGIC else data
     if _looks_like_mime(data):
@@ -55,11 +56,11 @@ def _gunzip(data: bytes) -> bytes:
     try:
         out = inflater.decompress(data, MAX_DECOMPRESSED)
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
-        raise UserdataError(f"userdata: gzip data is corrupt ({exc}); compress the JSON with gzip or send it plain") from exc
+        raise UserdataError(messages.userdata_gzip_corrupt(exc)) from exc
     if inflater.unconsumed_tail:
-        raise UserdataError(f"userdata: gzip data expands beyond {MAX_DECOMPRESSED // 1024} KiB; send a smaller JSON object")
+        raise UserdataError(messages.userdata_too_big(MAX_DECOMPRESSED // 1024))
     if not inflater.eof:
-        raise UserdataError("userdata: gzip data is corrupt (truncated); compress the JSON with gzip or send it plain")
+        raise UserdataError(messages.USERDATA_GZIP_TRUNCATED)
     return out
 
 
@@ -86,9 +87,9 @@ def _from_mime(data: bytes) -> dict[str, Any]:
                 if ctype in ("application/json", "text/json", "text/x-snaptastic-json"):
                     raise
     if not found:
-        raise UserdataError("userdata: the MIME multi-part archive has no JSON part; add an application/json part with role, cluster and environment")
+        raise UserdataError(messages.USERDATA_NO_JSON_PART)
     if len(found) > 1:
-        raise UserdataError("userdata: the MIME multi-part archive has more than one JSON part; keep exactly one")
+        raise UserdataError(messages.USERDATA_TWO_JSON_PARTS)
     return found[0]
 
 
@@ -100,11 +101,11 @@ def _json_object(data: bytes, where: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserdataError(f"{where}: not UTF-8 text; userdata must be a JSON object (optionally gzip-compressed)") from exc
+        raise UserdataError(messages.not_utf8(where)) from exc
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise UserdataError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); write a JSON object like {{\"role\": \"solr\", ...}}") from exc
+        raise UserdataError(messages.not_json(where, exc.msg, exc.lineno, exc.colno)) from exc
     if not isinstance(value, dict):
-        raise UserdataError(f"{where}: must be a JSON object, not {type(value).__name__}; write {{\"role\": ..., \"cluster\": ..., \"environment\": ...}}")
+        raise UserdataError(messages.not_an_object(where, type(value).__name__))
     return value

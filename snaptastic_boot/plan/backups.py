@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snaptastic_boot import tags, times
+from snaptastic_boot import messages, tags, times
 from snaptastic_boot.errors import BadInput
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -20,7 +20,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_age(text: str) -> dt.timedelta:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
     if not m or float(m.group(1)) <= 0:
-        raise BadInput(f"--age: '{text}' is not an age; use a number with s, m, h, d or w, like 1d or 12h")
+        raise BadInput(messages.bad_age(text))
     return dt.timedelta(seconds=float(m.group(1)) * UNITS[m.group(2) or "s"])
 
 

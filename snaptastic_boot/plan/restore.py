@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from snaptastic_boot import tags, times
+from snaptastic_boot import messages, tags, times
 from snaptastic_boot.errors import BadInput, UnsafeOperation
 from snaptastic_boot.model import GONE_STATES, Mount, SnapshotterSpec, VolumeSpec, attachment
 
@@ -108,7 +108,7 @@ class RestorePlan:
 def parse_time(value: str) -> dt.datetime:
     parsed = times.parse(value)
     if parsed is None:
-        raise BadInput(f"--before: '{value}' is not a timestamp; use ISO 8601 like 2026-11-27T16:00:00Z")
+        raise BadInput(messages.bad_before(value))
     return parsed
 
 
@@ -172,10 +172,7 @@ def plan_restore(
             continue
         if v.mount_point in mounted_at:
             m = mounted_at[v.mount_point]
-            raise UnsafeOperation(
-                f"{v.mount_point} is already mounted from {m.source}, which is not a volume this agent made for "
-                f"this instance; unmount it first"
-            )
+            raise UnsafeOperation(messages.mounted_not_ours(v.mount_point, m.source))
         snap = pinned.get(v.mount_point) or completed.get(v.mount_point)
         if v.mount_point not in pinned and v.mount_point in pending:
             snap = pending[v.mount_point]
@@ -240,17 +237,17 @@ def check_pinned(spec: SnapshotterSpec, pins: dict[str, str], found: Sequence[di
     out: dict[str, dict[str, Any]] = {}
     for mp, snap_id in pins.items():
         if mp not in configured:
-            raise BadInput(f"--snapshot: {mp} is not a mount point of snapshotter '{spec.name}' ({', '.join(sorted(configured))})")
+            raise BadInput(messages.pin_not_configured(mp, spec.name, sorted(configured)))
         snap = by_id.get(snap_id)
         if snap is None:
-            raise BadInput(f"--snapshot: {snap_id} not found among this account's snapshots")
+            raise BadInput(messages.pin_not_found(snap_id))
         if snap.get("State") != "completed":
-            raise BadInput(f"--snapshot: {snap_id} is {snap.get('State')}, not completed")
+            raise BadInput(messages.pin_not_completed(snap_id, str(snap.get("State"))))
         have = tags.tags_of(snap)
         wrong = {k: have.get(k) for k, v in spec.filter_tags.items() if have.get(k) != v}
         if wrong and not force:
             shown = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-            raise BadInput(f"--snapshot: {snap_id} belongs elsewhere ({shown}); add --force to restore it anyway")
+            raise BadInput(messages.pin_foreign(snap_id, shown))
         out[mp] = snap
     return out
 
@@ -260,7 +257,7 @@ def parse_pins(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         mp, sep, snap = value.partition("=")
         if not sep or not mp.startswith("/") or not snap.startswith("snap-"):
-            raise BadInput(f"--snapshot: '{value}' must look like /mnt/solr=snap-0123456789abcdef0")
+            raise BadInput(messages.bad_pin(value))
         pins[mp.rstrip("/") or "/"] = snap
     return pins
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from snaptastic_boot import tags, times
+from snaptastic_boot import messages, tags, times
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
 from snaptastic_boot.model import Mount, SnapshotterSpec
 
@@ -70,15 +70,15 @@ def plan_snapshots(spec: SnapshotterSpec, description: str, instance: dict[str, 
     for v in spec.volumes:
         mount = by_mount.get(v.mount_point)
         if mount is None:
-            raise OperationFailed(f"{v.mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)")
+            raise OperationFailed(messages.not_mounted(v.mount_point))
         if v.mount_point == "/" or (root_mount is not None and mount.major_minor == root_mount.major_minor):
-            raise UnsafeOperation(f"{v.mount_point} is the root filesystem; refusing to freeze it")
+            raise UnsafeOperation(messages.root_filesystem(v.mount_point))
         match = [(dev, vid) for dev, vid in mappings if vid in local and local[vid][1] == mount.major_minor]
         if not match:
-            raise OperationFailed(f"{v.mount_point} is mounted from {mount.source}, which is not an EBS volume attached to {instance_id}")
+            raise OperationFailed(messages.not_an_attached_volume(v.mount_point, mount.source, instance_id))
         dev, vid = match[0]
         if dev == root_device:
-            raise UnsafeOperation(f"{v.mount_point} is on the boot volume {vid}; refusing to freeze it")
+            raise UnsafeOperation(messages.boot_volume(v.mount_point, vid))
         targets.append(Target(v.mount_point, vid, dev, local[vid][0], {}))
     wanted = {t.volume_id for t in targets}
     exclude = tuple(sorted(vid for dev, vid in mappings if vid not in wanted and dev != root_device))

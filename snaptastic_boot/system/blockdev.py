@@ -10,6 +10,7 @@ import os
 import stat
 from pathlib import Path
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
 from snaptastic_boot.model import Probe
 from snaptastic_boot.system.paths import Paths
@@ -71,9 +72,9 @@ class BlockDevices:
         try:
             found = nvme_serial_volume_id(serial_file.read_text())
         except OSError as exc:
-            raise UnsafeOperation(f"cannot read the serial of {path} to check it is {volume_id}: {exc.strerror}") from exc
+            raise UnsafeOperation(messages.serial_unreadable(path, volume_id, exc.strerror)) from exc
         if found != volume_id:
-            raise UnsafeOperation(f"{path} is volume {found}, not {volume_id}; refusing to touch it")
+            raise UnsafeOperation(messages.wrong_volume(path, found, volume_id))
 
     @staticmethod
     def major_minor(path: Path) -> str:
@@ -90,7 +91,7 @@ class BlockDevices:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise OperationFailed(f"cannot read {path}: {exc.strerror}") from exc
+            raise OperationFailed(messages.cannot("read", path, exc.strerror)) from exc
         result = run(["blkid", "-p", "-o", "export", str(path)], ok_codes=(0, 2))
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         probe = Probe(values.get("TYPE"), values.get("UUID"), values.get("PTTYPE"))
@@ -101,7 +102,7 @@ class BlockDevices:
 
     def mkfs(self, path: Path, fstype: str, volume_id: str) -> None:
         if not self.probe(path).blank:
-            raise UnsafeOperation(f"{path} ({volume_id}) is not blank; refusing to format it")
+            raise UnsafeOperation(messages.not_blank(path, volume_id))
         # xfs labels hold at most 12 characters; ext4 labels 16.
         label = ["-L", volume_id.replace("vol-", "")[:12]]
         argv = {"ext4": ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1"], "xfs": ["mkfs.xfs", "-q"]}[fstype]

@@ -19,7 +19,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from snaptastic_boot import __version__
+from snaptastic_boot import __version__, messages
 from snaptastic_boot.errors import AwsError, CredentialsMissing, OperationFailed
 from snaptastic_boot.tags import Tags, tag_list
 
@@ -49,10 +49,7 @@ class Ec2:
         )
         session = boto3.session.Session()
         if session.get_credentials() is None:
-            raise CredentialsMissing(
-                "no AWS credentials found: attach an instance profile (IAM role) to the instance, "
-                "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-            )
+            raise CredentialsMissing(messages.NO_CREDENTIALS)
         return session.client("ec2", region_name=region, endpoint_url=endpoint, config=config)
 
     def _count(self, model: Any, **_: Any) -> None:
@@ -71,9 +68,9 @@ class Ec2:
             err = exc.response.get("Error", {})
             raise AwsError(action, err.get("Code", "Unknown"), err.get("Message", str(exc))) from exc
         except botocore.exceptions.NoCredentialsError as exc:
-            raise CredentialsMissing(f"EC2 {action}: no AWS credentials found; attach an instance profile") from exc
+            raise CredentialsMissing(messages.no_credentials_for(action)) from exc
         except botocore.exceptions.BotoCoreError as exc:
-            raise OperationFailed(f"EC2 {action} failed: {exc}") from exc
+            raise OperationFailed(messages.ec2_failed(action, exc)) from exc
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -106,7 +103,7 @@ class Ec2:
         for reservation in resp.get("Reservations", []):
             for instance in reservation.get("Instances", []):
                 return dict(instance)
-        raise OperationFailed(f"EC2 DescribeInstances: instance {instance_id} not found")
+        raise OperationFailed(messages.instance_not_found(instance_id))
 
     def images_using_snapshots(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         """snapshot id -> AMI id, for snapshots that back one of our AMIs (they cannot be deleted)."""

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import os
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import OperationFailed
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
@@ -23,11 +24,11 @@ def flush(mount_point: str) -> None:
     try:
         fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise OperationFailed(f"cannot flush {mount_point}: {exc.strerror}") from exc
+        raise OperationFailed(messages.cannot("flush", mount_point, exc.strerror)) from exc
     try:
         if _libc().syncfs(fd) != 0:
             err = ctypes.get_errno()
-            raise OperationFailed(f"cannot flush {mount_point}: {os.strerror(err)}")
+            raise OperationFailed(messages.cannot("flush", mount_point, os.strerror(err)))
     finally:
         os.close(fd)
 
@@ -58,12 +59,12 @@ def _ioctl(mount_point: str, request: int, what: str) -> None:
     try:
         fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise OperationFailed(f"cannot {what} {mount_point}: {exc.strerror}") from exc
+        raise OperationFailed(messages.cannot(what, mount_point, exc.strerror)) from exc
     try:
         fcntl.ioctl(fd, request, 0)
     except OSError as exc:
         if request == FITHAW and exc.errno == errno.EINVAL:
             raise _NotFrozen() from exc
-        raise OperationFailed(f"cannot {what} {mount_point}: {exc.strerror}") from exc
+        raise OperationFailed(messages.cannot(what, mount_point, exc.strerror)) from exc
     finally:
         os.close(fd)

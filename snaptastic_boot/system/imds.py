@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import MetadataUnavailable
 
 log = logging.getLogger("snaptastic.imds")
@@ -95,13 +96,13 @@ class ImdsClient:
                 image_id=doc.get("imageId", ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise MetadataUnavailable(f"instance identity document is not usable: {exc!r}") from exc
+            raise MetadataUnavailable(messages.imds_bad_identity(exc)) from exc
 
     def _from_paths(self) -> InstanceMetadata:
         instance_id = self.get("latest/meta-data/instance-id")
         zone = self.get("latest/meta-data/placement/availability-zone")
         if not instance_id or not zone:
-            raise MetadataUnavailable("the metadata service has no instance-id or availability zone for this instance")
+            raise MetadataUnavailable(messages.IMDS_NO_IDENTITY)
         # Zones are the region plus one letter (us-east-1a); local and wavelength zones answer placement/region.
         region = self.get("latest/meta-data/placement/region") or zone.strip()[:-1]
         return InstanceMetadata(
@@ -136,7 +137,7 @@ class ImdsClient:
                 elif resp.status_code == 404:
                     return None
                 elif resp.status_code == 403:
-                    raise MetadataUnavailable(f"metadata service refused {path} (403): IMDS may be disabled for this instance")
+                    raise MetadataUnavailable(messages.imds_refused(path))
                 elif resp.status_code == 200:
                     return resp.content
                 else:
@@ -147,10 +148,7 @@ class ImdsClient:
                 break
             log.debug("metadata %s: %s; retry %d in %.1fs", path, last_error, attempt + 1, sleep)
             time.sleep(sleep)
-        raise MetadataUnavailable(
-            f"metadata service at {self.base} did not answer {path} ({last_error}); "
-            "is this an EC2 instance? (set AWS_EC2_METADATA_SERVICE_ENDPOINT to use another endpoint)"
-        )
+        raise MetadataUnavailable(messages.imds_no_answer(self.base, path, last_error))
 
     def _auth_headers(self) -> dict[str, str]:
         if self.version == "v1":
@@ -174,7 +172,7 @@ class ImdsClient:
         if resp.status_code in (404, 405):
             raise _TokenUnsupported()
         if resp.status_code == 403:
-            raise MetadataUnavailable("metadata service refused a token (403): IMDS may be disabled for this instance")
+            raise MetadataUnavailable(messages.IMDS_TOKEN_REFUSED)
         if resp.status_code != 200:
             # 5xx and the like: let the caller's retry loop handle it.
             raise requests.RequestException(f"token call answered HTTP {resp.status_code}")

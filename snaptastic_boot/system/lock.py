@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import EnvironmentNotUsable, LockHeld
 
 
@@ -17,12 +18,12 @@ def exclusive(path: Path) -> Iterator[None]:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise EnvironmentNotUsable(f"cannot open lock file {path}: {exc.strerror}") from exc
+        raise EnvironmentNotUsable(messages.lock_unopenable(path, exc.strerror)) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise LockHeld(f"another snaptastic run holds {path}; wait for it to finish") from exc
+            raise LockHeld(messages.lock_held(path)) from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import CommandError, ToolMissing
 
 log = logging.getLogger("snaptastic.runner")
@@ -37,7 +38,7 @@ def run(
 ) -> Result:
     args = [str(a) for a in argv]
     if shutil.which(args[0]) is None:
-        raise ToolMissing(f"required program '{args[0]}' not found on PATH; install it (util-linux, e2fsprogs, xfsprogs)")
+        raise ToolMissing(messages.tool_missing(args[0]))
     started = time.monotonic()
     try:
         proc = subprocess.run(

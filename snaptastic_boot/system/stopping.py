@@ -11,6 +11,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import Stopped
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -37,7 +38,7 @@ class GracefulStop:
     def check(self, done: str) -> None:
         if self.signum is not None:
             name = signal.Signals(self.signum).name
-            raise Stopped(f"stopped by {name} after {done}; run the command again to finish")
+            raise Stopped(messages.stopped(name, done))
 
 
 class NoStop(GracefulStop):
