@@ -39,6 +39,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
 
 
+def _changing(sub: argparse._SubParsersAction, command: str, help: str) -> argparse.ArgumentParser:
+    """A command that changes a snapshotter's volumes: NAME, --dry-run and --json."""
+    p = sub.add_parser(command, help=help)
+    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    return p
+
+
 def _add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="show metadata and userdata, check credentials and required tools")
     _common(p)
@@ -54,10 +63,7 @@ def _add_list_volumes(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mount-snapshots", help="create volumes from the newest snapshots, attach and mount them")
-    p.add_argument("name", metavar="NAME", help="snapshotter name")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p = _changing(sub, "mount-snapshots", "create volumes from the newest snapshots, attach and mount them")
     p.add_argument(
         "--snapshot",
         action="append",
@@ -73,23 +79,17 @@ def _add_mount_snapshots(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_make_snapshots(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-snapshots", help="freeze, snapshot and thaw the mounted volumes of a snapshotter")
-    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p = _changing(sub, "make-snapshots", "freeze, snapshot and thaw the mounted volumes of a snapshotter")
     p.add_argument("--no-freeze", action="store_true", help="do not freeze (the application already quiesced)")
     p.add_argument("--wait", action="store_true", help="wait until the snapshots are completed")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
     p.set_defaults(func=_cmd_make_snapshots)
 
 
 def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("unmount-snapshots", help="unmount and detach the volumes of a snapshotter")
-    p.add_argument("name", metavar="NAME", help="snapshotter name")
+    p = _changing(sub, "unmount-snapshots", "unmount and detach the volumes of a snapshotter")
     p.add_argument("--delete", action="store_true", help="also delete the detached volumes")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     _common(p)
     p.set_defaults(func=_cmd_unmount_snapshots)
 

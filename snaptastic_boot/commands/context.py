@@ -131,6 +131,15 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def show_plan(plan: Any, as_json: bool, **render: Any) -> int:
+    """What --dry-run prints: the plan as text, or as JSON with --json."""
+    if as_json:
+        print_json(plan.as_dict(**render))
+    else:
+        print(plan.render(**render))
+    return 0
+
+
 def confirm(question: str) -> bool:
     """Ask on stderr, read one line from stdin (a terminal or a pipe); no answer at all is an error."""
     sys.stderr.write(f"{question} [y/N] ")

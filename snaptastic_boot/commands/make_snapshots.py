@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from snaptastic_boot.apply.snapshot import SnapshotMaker, local_devices
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, show_plan, start
 from snaptastic_boot.plan import snapshot
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
@@ -19,11 +19,7 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         volumes = r.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets])
         plan = snapshot.with_missing_tags(plan, r.spec.filter_tags, volumes)
         if dry_run:
-            if as_json:
-                print_json(plan.as_dict())
-            else:
-                print(plan.render())
-            return 0
+            return show_plan(plan, as_json)
         maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
                               wait_timeout=r.ctx.tunables.wait_timeout)
         report = maker.apply(plan, wait=wait)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.restore import Restorer
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, show_plan, start
 from snaptastic_boot.plan import restore
 from snaptastic_boot.system import fstab, lock
 from snaptastic_boot.system.stopping import GracefulStop
@@ -36,11 +36,7 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
         plan = restore.plan_restore(r.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
                                     r.devices.mounts(), pinned=pinned, before=before_time)
         if dry_run:
-            if as_json:
-                print_json(plan.as_dict(fstab_preview))
-            else:
-                print(plan.render(fstab_preview))
-            return 0
+            return show_plan(plan, as_json, fstab_line=fstab_preview)
         for step in plan.steps:
             log.info("plan: %s", step.describe())
         with GracefulStop() as stop:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.unmount import Unmounter
-from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json, show_plan, start
 from snaptastic_boot.plan import unmount
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
@@ -18,11 +18,7 @@ def run(name: str, inputs: Inputs, *, delete: bool = False, yes: bool = False, d
         ours = r.ec2.describe_volumes(filters=tags.volume_filters(r.spec, instance_id))
         plan = unmount.plan_unmount(r.spec, instance_id, ours, r.devices.mounts(), delete=delete)
         if dry_run:
-            if as_json:
-                print_json(plan.as_dict())
-            else:
-                print(plan.render())
-            return 0
+            return show_plan(plan, as_json)
         mount_points = ", ".join(v.mount_point for v in r.spec.volumes)
         question = f"Unmount and detach {mount_points}{' and DELETE the volumes' if delete else ''}?"
         if not yes and not confirm(question):
