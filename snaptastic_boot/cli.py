@@ -39,6 +39,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(messages.keep_at_least_one(text))
+    return value
+
+
 def _changing(sub: argparse._SubParsersAction, command: str, help: str) -> argparse.ArgumentParser:
     """A command that changes a snapshotter's volumes: NAME, --dry-run and --json."""
     p = sub.add_parser(command, help=help)
@@ -98,7 +108,8 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clean", help="delete expired snapshots or leaked volumes of a snapshotter")
     p.add_argument("component", choices=("snapshots", "volumes"), help="what to clean")
     p.add_argument("name", metavar="NAME", nargs="?", help="snapshotter name (default: every configured one)")
-    p.add_argument("--keep", type=int, default=None, metavar="K", help="always keep the newest K snapshots per mount point")
+    p.add_argument("--keep", type=_at_least_one, default=None, metavar="K",
+                   help="always keep the newest K snapshots per mount point (K >= 1)")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")

@@ -47,6 +47,10 @@ def pin_foreign(snapshot_id: str, shown: str) -> str:
     return f"--snapshot: {snapshot_id} belongs elsewhere ({shown}); add --force to restore it anyway"
 
 
+def keep_at_least_one(text: str) -> str:
+    return f"'{text}' is not a whole number of at least 1; the newest K snapshots are always kept, and fewer than 1 would let every snapshot go"
+
+
 def check_backups_tag_missing(key: str) -> str:
     return f"check-backups: --{key} is needed (not in userdata either)"
 
@@ -143,6 +147,11 @@ IMDS_NO_IDENTITY = "the metadata service has no instance-id or availability zone
 IMDS_TOKEN_REFUSED = "metadata service refused a token (403): IMDS may be disabled for this instance"
 
 
+def partial_credentials(detail: str) -> str:
+    return (f"AWS credentials are incomplete ({detail}); set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or neither to use the instance profile")
+
+
 def no_credentials_for(action: str) -> str:
     return f"EC2 {action}: no AWS credentials found; attach an instance profile"
 
@@ -151,8 +160,8 @@ def imds_refused(path: str) -> str:
     return f"metadata service refused {path} (403): IMDS may be disabled for this instance"
 
 
-def imds_no_answer(base: str, path: str, last_error: str) -> str:
-    return (f"metadata service at {base} did not answer {path} ({last_error}); "
+def imds_no_answer(base: str, path: str, seconds: float, errors: Sequence[str]) -> str:
+    return (f"metadata service at {base} did not answer {path} in {seconds:.0f}s ({', then '.join(errors)}); "
             "is this an EC2 instance? (set AWS_EC2_METADATA_SERVICE_ENDPOINT to use another endpoint)")
 
 

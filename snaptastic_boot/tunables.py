@@ -16,6 +16,8 @@ DEFAULT_CONFIG = "/etc/snaptastic/snaptastic.json"
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254/"
 # The freeze bound: filesystems are thawed after this many seconds whatever happens.
 DEFAULT_MAX_FREEZE = 30.0
+DEFAULT_CREDENTIALS_TIMEOUT = 5.0
+DEFAULT_CREDENTIALS_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Tunables:
     wait_timeout: float | None
     imds_timeout: float | None
     max_freeze: float
+    credentials_timeout: float
+    credentials_attempts: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tunables:
@@ -45,6 +49,9 @@ class Tunables:
             wait_timeout=_seconds(env.get("SNAPTASTIC_WAIT_TIMEOUT")),
             imds_timeout=_seconds(env.get("SNAPTASTIC_IMDS_TIMEOUT")),
             max_freeze=_seconds(env.get("SNAPTASTIC_MAX_FREEZE")) or DEFAULT_MAX_FREEZE,
+            # botocore's own variables for its instance-profile reads, with defaults fit for a slow early boot.
+            credentials_timeout=_seconds(env.get("AWS_METADATA_SERVICE_TIMEOUT")) or DEFAULT_CREDENTIALS_TIMEOUT,
+            credentials_attempts=int(_seconds(env.get("AWS_METADATA_SERVICE_NUM_ATTEMPTS")) or DEFAULT_CREDENTIALS_ATTEMPTS),
         )
 
 

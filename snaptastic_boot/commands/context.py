@@ -21,7 +21,7 @@ from snaptastic_boot.config import userdata as userdata_mod
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.model import SnapshotterSpec
 from snaptastic_boot.snapshotter import Snapshotter
-from snaptastic_boot.system.imds import ImdsClient, InstanceMetadata, backoff_sleeps
+from snaptastic_boot.system.imds import ImdsClient, InstanceMetadata
 from snaptastic_boot.system.interfaces import DeviceAdapter, Ec2Api
 from snaptastic_boot.system.paths import Paths
 from snaptastic_boot.tunables import Tunables
@@ -40,7 +40,8 @@ class Inputs:
 def _real_ec2(region: str, tunables: Tunables) -> Ec2Api:
     from snaptastic_boot.system.ec2 import Ec2
 
-    return Ec2(region, endpoint=tunables.ec2_endpoint)
+    return Ec2(region, endpoint=tunables.ec2_endpoint, credentials_timeout=tunables.credentials_timeout,
+               credentials_attempts=tunables.credentials_attempts)
 
 
 def _real_devices(paths: Paths) -> DeviceAdapter:
@@ -50,7 +51,7 @@ def _real_devices(paths: Paths) -> DeviceAdapter:
 
 
 def _real_imds(tunables: Tunables) -> Any:
-    return ImdsClient(tunables.imds_endpoint, sleeps=backoff_sleeps(tunables.imds_timeout))
+    return ImdsClient(tunables.imds_endpoint, budget=tunables.imds_timeout)
 
 
 @dataclass(frozen=True)

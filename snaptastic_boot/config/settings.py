@@ -15,7 +15,7 @@ import importlib.util
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +138,38 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
     validate_keys(spec.filter_tags, spec.filter_tags.keys())
     if "mount_point" in spec.filter_tags:
         raise BadInput(messages.filter_tags_with_mount_point(spec.name))
+    if not isinstance(snapshotter, ConfiguredSnapshotter):
+        _validate_settings_values(type(snapshotter).__name__, spec)
     problems = volume_problems(spec.volumes, where=f"snapshotter '{spec.name}' volumes")
     if problems:
         raise ValidationFailed("settings", problems)
     if not spec.volumes:
         raise BadInput(messages.no_volumes(spec.name))
     return spec
+
+
+# The settings-file names of the values the JSON config calls otherwise, for messages that name what the user wrote.
+_SETTINGS_NAMES = {"retention.days": "SNAPSHOT_EXPIRY_DAYS", "retention.keep": "KEEP_SNAPSHOTS",
+                   "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT"}
+
+
+def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
+    """A settings-file snapshotter gets the same schema and bounds as a JSON one: its values, written as the
+    JSON config would hold them, are checked against the config schema's snapshotter definition."""
+    entry = {
+        "volumes": [{k: v for k, v in asdict(vol).items() if v is not None} for vol in spec.volumes],
+        "retention": {"days": spec.retention.days, "keep": spec.retention.keep},
+        "pending_snapshot_wait": spec.pending_snapshot_wait,
+    }
+    schema = load_schema("config.schema.json")
+    try:
+        validate(entry, {**schema, "$ref": "#/definitions/snapshotter"}, "settings")
+    except ValidationFailed as exc:
+        named = [(f"{class_name}.{_settings_name(path)}", message) for path, message in exc.problems]
+        raise ValidationFailed("settings", named) from exc
+
+
+def _settings_name(path: str) -> str:
+    if path.startswith("volumes["):
+        return "get_volumes()" + path[len("volumes"):]
+    return _SETTINGS_NAMES.get(path, path)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
+from collections.abc import Iterator
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -67,12 +70,42 @@ def _message(error: Any, root: dict[str, Any]) -> tuple[str, str]:
     return (path, error.message)
 
 
-def validate(instance: Any, schema: dict[str, Any], source: str) -> None:
-    """Raise ValidationFailed listing every problem, sorted by path, or return quietly."""
+def ecma_pattern(pattern: str) -> str:
+    """JSON Schema patterns are ECMA-262, where `$` matches only at the very end; Python's `$` also matches
+    before a final newline, so "solr\\n" would pass `^...$`. `\\Z` is the ECMA meaning."""
+    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
     import jsonschema
 
-    validator_cls = jsonschema.validators.validator_for(schema)
-    validator = validator_cls(schema)
-    problems = sorted({_message(e, schema) for e in validator.iter_errors(instance)})
+    if validator.is_type(instance, "string") and not re.search(ecma_pattern(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _non_finite(instance: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[str, str]]:
+    """NaN and infinity: Python's json accepts them and Python settings can hold them, but no bound stops them."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        yield (_path(path), f"must be a finite number, not {instance}")
+    elif isinstance(instance, dict):
+        for key, value in instance.items():
+            yield from _non_finite(value, (*path, key))
+    elif isinstance(instance, list):
+        for i, value in enumerate(instance):
+            yield from _non_finite(value, (*path, i))
+
+
+@cache
+def _validator_class(draft: str) -> Any:
+    import jsonschema
+
+    base = jsonschema.validators.validator_for({"$schema": draft})
+    return jsonschema.validators.extend(base, {"pattern": _pattern})
+
+
+def validate(instance: Any, schema: dict[str, Any], source: str) -> None:
+    """Raise ValidationFailed listing every problem, sorted by path, or return quietly."""
+    validator = _validator_class(str(schema.get("$schema", "")))(schema)
+    problems = sorted({*(_message(e, schema) for e in validator.iter_errors(instance)), *_non_finite(instance)})
     if problems:
         raise ValidationFailed(source, problems)

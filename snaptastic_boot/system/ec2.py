@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
 
 from snaptastic_boot import __version__, messages
@@ -28,17 +29,18 @@ log = logging.getLogger("snaptastic.ec2")
 MAX_ATTEMPTS = 10
 
 class Ec2:
-    def __init__(self, region: str, *, endpoint: str | None = None, client: Any = None) -> None:
+    def __init__(self, region: str, *, endpoint: str | None = None, credentials_timeout: float = 5.0,
+                 credentials_attempts: int = 3, client: Any = None) -> None:
         self.region = region
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
         if client is None:
-            client = self._make_client(region, endpoint)
+            client = self._make_client(region, endpoint, credentials_timeout, credentials_attempts)
         self._client = client
         self._client.meta.events.register("before-call.ec2", self._count)
 
     @staticmethod
-    def _make_client(region: str, endpoint: str | None) -> Any:
+    def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int) -> Any:
         config = Config(
             region_name=region,
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
@@ -47,8 +49,17 @@ class Ec2:
             max_pool_connections=64,
             user_agent_extra=f"snaptastic-boot/{__version__}",
         )
-        session = boto3.session.Session()
-        if session.get_credentials() is None:
+        core = botocore.session.get_session()
+        # The instance-profile credentials come from the same metadata service; botocore's own 1 s and one
+        # attempt would fail where the agent's reads of a slow service succeed.
+        core.set_config_variable("metadata_service_timeout", credentials_timeout)
+        core.set_config_variable("metadata_service_num_attempts", credentials_attempts)
+        session = boto3.session.Session(botocore_session=core)
+        try:
+            credentials = session.get_credentials()
+        except botocore.exceptions.PartialCredentialsError as exc:
+            raise CredentialsMissing(messages.partial_credentials(str(exc))) from exc
+        if credentials is None:
             raise CredentialsMissing(messages.NO_CREDENTIALS)
         return session.client("ec2", region_name=region, endpoint_url=endpoint, config=config)
 
@@ -67,6 +78,8 @@ class Ec2:
         except botocore.exceptions.ClientError as exc:
             err = exc.response.get("Error", {})
             raise AwsError(action, err.get("Code", "Unknown"), err.get("Message", str(exc))) from exc
+        except botocore.exceptions.PartialCredentialsError as exc:
+            raise CredentialsMissing(messages.partial_credentials(str(exc))) from exc
         except botocore.exceptions.NoCredentialsError as exc:
             raise CredentialsMissing(messages.no_credentials_for(action)) from exc
         except botocore.exceptions.BotoCoreError as exc:

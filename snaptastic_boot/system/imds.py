@@ -23,8 +23,12 @@ log = logging.getLogger("snaptastic.imds")
 
 TOKEN_TTL_SECONDS = 21600
 CONNECT_TIMEOUT = 1.0
-READ_TIMEOUT = 2.0
-# About 30 s in all: long enough for IMDS to come up early in boot, short enough to fail clearly.
+# Each read of the service gives up after this many seconds in all (SNAPTASTIC_IMDS_TIMEOUT): long enough for
+# IMDS to come up early in boot, short enough to fail clearly.
+DEFAULT_BUDGET = 30.0
+# A service that answers, but slowly, gets longer to answer at each retry (a fixed 2 s would never reach one
+# that takes 2.5 s); every timeout is also cut to what is left of the budget.
+READ_TIMEOUTS: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
 BACKOFF_SLEEPS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0)
 
 
@@ -48,18 +52,6 @@ class InstanceMetadata:
         }
 
 
-def backoff_sleeps(budget: float | None = None) -> tuple[float, ...]:
-    """The retry sleeps, cut to `budget` seconds in all when that is given (SNAPTASTIC_IMDS_TIMEOUT)."""
-    if budget is None:
-        return BACKOFF_SLEEPS
-    out: list[float] = []
-    for sleep in BACKOFF_SLEEPS:
-        if sum(out) + sleep > budget:
-            break
-        out.append(sleep)
-    return tuple(out)
-
-
 class _TokenUnsupported(Exception):
     pass
 
@@ -69,11 +61,15 @@ class ImdsClient:
         self,
         endpoint: str,
         *,
-        sleeps: Sequence[float] | None = None,
+        budget: float | None = None,
+        sleeps: Sequence[float] = BACKOFF_SLEEPS,
         session: requests.Session | None = None,
     ) -> None:
         self.base = endpoint.rstrip("/") + "/"
-        self.sleeps = tuple(backoff_sleeps() if sleeps is None else sleeps)
+        self.budget = DEFAULT_BUDGET if budget is None else budget
+        self.sleeps = tuple(sleeps)
+        # Where the read timeouts start: a service that was slow for one path is slow for the next.
+        self._level = 0
         self.session = session or requests.Session()
         self._token: str | None = None
         self.version: str | None = None  # "v2" or "v1" once known
@@ -125,37 +121,47 @@ class ImdsClient:
 
     def get_bytes(self, path: str) -> bytes | None:
         url = self.base + path
-        last_error = "no answer"
-        for attempt, sleep in enumerate((*self.sleeps, None)):
+        started = time.monotonic()
+        deadline = started + self.budget
+        seen: list[str] = []
+        for attempt in range(len(self.sleeps) + 1):
+            level = min(self._level + attempt, len(READ_TIMEOUTS) - 1)
+            timeout = min(READ_TIMEOUTS[level], max(deadline - time.monotonic(), 0.1))
+            error = ""
             try:
-                headers = self._auth_headers()
-                resp = self.session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+                headers = self._auth_headers(timeout)
+                resp = self.session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT, timeout))
                 if resp.status_code == 401 and self.version == "v2":
                     # Token expired or the service restarted: get a new one and try again.
                     self._token = None
-                    last_error = "token rejected (401)"
+                    error = "token rejected (HTTP 401)"
                 elif resp.status_code == 404:
+                    self._level = level
                     return None
                 elif resp.status_code == 403:
                     raise MetadataUnavailable(messages.imds_refused(path))
                 elif resp.status_code == 200:
+                    self._level = level
                     return resp.content
                 else:
-                    last_error = f"HTTP {resp.status_code}"
+                    error = f"HTTP {resp.status_code}"
             except requests.RequestException as exc:
-                last_error = type(exc).__name__
-            if sleep is None:
+                error = _describe(exc)
+            if error not in seen:
+                seen.append(error)
+            sleep = self.sleeps[attempt] if attempt < len(self.sleeps) else None
+            if sleep is None or time.monotonic() + sleep >= deadline:
                 break
-            log.debug("metadata %s: %s; retry %d in %.1fs", path, last_error, attempt + 1, sleep)
+            log.debug("metadata %s: %s; retry %d in %.1fs", path, error, attempt + 1, sleep)
             time.sleep(sleep)
-        raise MetadataUnavailable(messages.imds_no_answer(self.base, path, last_error))
+        raise MetadataUnavailable(messages.imds_no_answer(self.base, path, time.monotonic() - started, seen))
 
-    def _auth_headers(self) -> dict[str, str]:
+    def _auth_headers(self, timeout: float) -> dict[str, str]:
         if self.version == "v1":
             return {}
         if self._token is None:
             try:
-                self._token = self._fetch_token()
+                self._token = self._fetch_token(timeout)
                 self.version = "v2"
             except _TokenUnsupported:
                 log.warning("metadata service does not support IMDSv2 tokens; using IMDSv1")
@@ -163,11 +169,11 @@ class ImdsClient:
                 return {}
         return {"X-aws-ec2-metadata-token": self._token}
 
-    def _fetch_token(self) -> str:
+    def _fetch_token(self, timeout: float) -> str:
         resp = self.session.put(
             self.base + "latest/api/token",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
-            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            timeout=(CONNECT_TIMEOUT, timeout),
         )
         if resp.status_code in (404, 405):
             raise _TokenUnsupported()
@@ -175,5 +181,14 @@ class ImdsClient:
             raise MetadataUnavailable(messages.IMDS_TOKEN_REFUSED)
         if resp.status_code != 200:
             # 5xx and the like: let the caller's retry loop handle it.
-            raise requests.RequestException(f"token call answered HTTP {resp.status_code}")
+            raise requests.RequestException(f"HTTP {resp.status_code} for a token")
         return resp.text.strip()
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """What went wrong, in words an operator greps for: the HTTP status where there was one."""
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused or unreachable"
+    return str(exc) or type(exc).__name__

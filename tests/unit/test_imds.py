@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from snaptastic_boot.errors import MetadataUnavailable
+from snaptastic_boot.system import imds
 from snaptastic_boot.system.imds import ImdsClient
 
 PATHS = {
@@ -27,6 +29,8 @@ class Server:
         self.token_status = 200
         self.require_token = True
         self.document = True
+        self.delay = 0.0
+        self.get_status = 0  # answer every GET with this status when set
         self.tokens: list[str] = []
         self.seen: list[tuple[str, str]] = []
         server = self
@@ -44,6 +48,7 @@ class Server:
 
             def do_PUT(self) -> None:
                 server.seen.append(("PUT", self.path))
+                time.sleep(server.delay)
                 if self.path != "/latest/api/token" or server.token_status != 200:
                     return self._send(server.token_status if self.path == "/latest/api/token" else 404)
                 if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
@@ -54,6 +59,9 @@ class Server:
 
             def do_GET(self) -> None:
                 server.seen.append(("GET", self.path))
+                time.sleep(server.delay)
+                if server.get_status:
+                    return self._send(server.get_status)
                 if server.require_token and self.headers.get("X-aws-ec2-metadata-token") not in server.tokens:
                     return self._send(401)
                 if self.path == "/latest/dynamic/instance-identity/document" and server.document:
@@ -64,7 +72,7 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
 
 @pytest.fixture
@@ -121,3 +129,23 @@ def test_unreachable_is_environment_error_after_bounded_retries() -> None:
     client = ImdsClient("http://127.0.0.1:9/", sleeps=(0.01, 0.01))
     with pytest.raises(MetadataUnavailable, match="did not answer"):
         client.instance_metadata()
+
+
+def test_a_slow_service_gets_longer_to_answer_at_each_retry(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scaled down: the service needs 0.3 s, the first timeout is 0.2 s, the next ones longer.
+    monkeypatch.setattr(imds, "READ_TIMEOUTS", (0.2, 0.4, 0.6))
+    server.delay = 0.3
+    client = ImdsClient(server.url, budget=10, sleeps=(0.01,) * 5)
+    assert client.instance_metadata().instance_id == "i-0abc"
+    before = len(server.seen)
+    assert client.user_data() == b'{"role": "solr"}'
+    assert len(server.seen) == before + 1  # the next read starts at the timeout that worked
+
+
+def test_the_total_bound_holds_and_the_status_is_named(server: Server) -> None:
+    server.get_status = 503
+    started = time.monotonic()
+    with pytest.raises(MetadataUnavailable, match="HTTP 503") as caught:
+        ImdsClient(server.url, budget=1.0, sleeps=(0.2,) * 20).instance_metadata()
+    assert time.monotonic() - started < 1.5
+    assert "did not answer" in str(caught.value)
