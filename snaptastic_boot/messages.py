@@ -258,6 +258,16 @@ def wrong_volume(path: object, found: str | None, volume_id: str) -> str:
     return f"{path} is volume {found}, not {volume_id}; refusing to touch it"
 
 
+def no_complete_set(mount_point: str, snapshotter: str) -> str:
+    return (f"{mount_point}: no complete snapshot set of snapshotter '{snapshotter}' to restore it from (see the "
+            "warnings above); restore a chosen snapshot with --snapshot MOUNT=SNAP_ID, or set consistent_restore false")
+
+
+def pending_limit(mount_point: str, volume_id: str, limit: int, pending: Sequence[str]) -> str:
+    return (f"{mount_point}: volume {volume_id} already has {len(pending)} pending snapshot(s) ({', '.join(pending)}), "
+            f"the most EBS allows for it ({limit}); nothing was frozen; the next run tries again once they complete")
+
+
 def not_mounted(mount_point: str) -> str:
     return f"{mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)"
 

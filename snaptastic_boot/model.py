@@ -23,6 +23,8 @@ DEFAULT_FILESYSTEM = "ext4"
 DEFAULT_VOLUME_TYPE = "gp3"
 DEFAULT_MOUNT_OPTIONS = "defaults"
 DEFAULT_DELETE_ON_TERMINATION = True
+DEFAULT_CONSISTENT_RESTORE = True
+DEFAULT_REUSE_VOLUMES = False
 FILESYSTEMS = ("ext4", "xfs")
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 
@@ -40,6 +42,9 @@ SIZE_LIMITS = {
 }
 IOPS_LIMITS = {"gp3": (3000, 16000), "io1": (100, 64000), "io2": (100, 256000)}
 THROUGHPUT_LIMITS = {"gp3": (125, 1000)}
+# How many snapshots of one volume may be pending at once (beyond: SnapshotCreationPerVolumeRateExceeded).
+PENDING_SNAPSHOT_LIMITS = {"st1": 1, "sc1": 1}
+DEFAULT_PENDING_SNAPSHOT_LIMIT = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class SnapshotterSpec:
     retention: Retention = field(default_factory=Retention)
     pending_snapshot_wait: float = DEFAULT_PENDING_SNAPSHOT_WAIT
     description_format: str = DEFAULT_DESCRIPTION_FORMAT
+    # Restore all mount points from one snapshot set (one point in time); false: each from its own newest.
+    consistent_restore: bool = DEFAULT_CONSISTENT_RESTORE
+    reuse_volumes: bool = DEFAULT_REUSE_VOLUMES
 
 
 @dataclass(frozen=True)

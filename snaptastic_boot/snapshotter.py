@@ -88,6 +88,8 @@ class Snapshotter:
     PENDING_SNAPSHOT_WAIT: ClassVar[float] = model.DEFAULT_PENDING_SNAPSHOT_WAIT
     # Example: "solr-prod snapshot of /mnt/solr"
     SNAPSHOT_DESCRIPTION_FORMAT: ClassVar[str] = model.DEFAULT_DESCRIPTION_FORMAT
+    # False when the mount points are unrelated and may be restored from different points in time.
+    CONSISTENT_RESTORE: ClassVar[bool] = model.DEFAULT_CONSISTENT_RESTORE
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -168,6 +170,7 @@ class Snapshotter:
             retention=Retention(days=self.SNAPSHOT_EXPIRY_DAYS, keep=self.KEEP_SNAPSHOTS),
             pending_snapshot_wait=self.PENDING_SNAPSHOT_WAIT,
             description_format=self.SNAPSHOT_DESCRIPTION_FORMAT,
+            consistent_restore=self.CONSISTENT_RESTORE,
         )
 
 
@@ -198,4 +201,5 @@ class ConfiguredSnapshotter(Snapshotter):
             super().spec(),
             retention=Retention(days=retention.get("days", self.SNAPSHOT_EXPIRY_DAYS), keep=retention.get("keep", self.KEEP_SNAPSHOTS)),
             pending_snapshot_wait=self.entry.get("pending_snapshot_wait", self.PENDING_SNAPSHOT_WAIT),
+            consistent_restore=self.entry.get("consistent_restore", self.CONSISTENT_RESTORE),
         )

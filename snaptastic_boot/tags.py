@@ -20,6 +20,8 @@ MOUNT_POINT = "mount_point"
 INSTANCE_ID = "instance_id"
 CREATED = "created"
 EXPIRES = "expires"
+# The same on every snapshot that one make-snapshots run took together (see plan/sets.py).
+SNAPSHOT_SET = "snapshot_set"
 # Set by unmount-snapshots on volumes it detached on purpose: never reattached, left for `clean volumes`.
 DETACHED = "detached"
 

@@ -17,7 +17,7 @@ from snaptastic_boot import messages, times
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.apply.parallel import run_all
-from snaptastic_boot.errors import CommandError, UnsafeOperation, WaitTimeout
+from snaptastic_boot.errors import CommandError, OperationFailed, UnsafeOperation, WaitTimeout
 from snaptastic_boot.model import attachment_state
 from snaptastic_boot.plan.restore import Action, RestorePlan, SnapshotChoice, VolumeStep, create_volume_params
 from snaptastic_boot.system import fstab
@@ -151,6 +151,14 @@ class Restorer:
                                failed=waits.snapshot_failed, limit=plan.pending_wait_limit)
         except WaitTimeout as exc:
             raise WaitTimeout(messages.pending_snapshot_timeout(exc)) from exc
+        except OperationFailed as exc:
+            if not plan.fallback:
+                raise
+            # The newest set failed while we waited: the previous complete set, whole, as planned.
+            log.warning("%s; restoring the previous complete snapshot set instead: %s", exc,
+                        "; ".join(s.describe() for s in plan.fallback))
+            instead = {s.mount_point: s for s in plan.fallback}
+            return [instead.get(s.mount_point, s) for s in steps]
         out = []
         for s in steps:
             if s.snapshot and s.snapshot.snapshot_id in done:

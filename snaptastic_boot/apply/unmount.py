@@ -10,6 +10,7 @@ from typing import Any
 from snaptastic_boot import tags, times
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.hooks import Hooks
+from snaptastic_boot.apply.parallel import run_all
 from snaptastic_boot.plan.unmount import UnmountPlan
 from snaptastic_boot.system import fstab
 from snaptastic_boot.system.interfaces import DeviceAdapter, Ec2Api
@@ -39,16 +40,21 @@ class Unmounter:
         old = fstab.read(self.fstab_path)
         if fstab.write_atomic(self.fstab_path, fstab.merge(old, remove=mount_points)):
             done.append("removed fstab entries")
-        detach = [(s.mount_point, s.volume_id) for s in plan.steps if s.volume_id and s.attached]
+        unmounted_at = times.iso(times.now())
+        detach = [(s.mount_point, s.volume_id) for s in plan.to_snapshot if s.volume_id]
+        # Unmounted, nothing writes any more: these snapshots hold every byte, and they are one set.
+        made = run_all(lambda mv: self.ec2.create_snapshot(mv[1], plan.description,
+                                                           {**plan.snapshot_tags, tags.MOUNT_POINT: mv[0]}), detach)
+        done += [f"snapshot {s['SnapshotId']} of {mp}" for (mp, _), s in zip(detach, made)]
         for _, volume_id in detach:
             self.ec2.detach_volume(volume_id)
         if detach:
             waits.until("volumes detached", [vid for _, vid in detach],
                         lambda ids: {v["VolumeId"]: v for v in self.ec2.describe_volumes(volume_ids=ids)},
                         lambda v: v.get("State") == "available", limit=waits.bound(DETACH_WAIT, self.wait_timeout))
-            # Marked so the next mount-snapshots restores from the newest snapshot instead of reattaching a
-            # volume the user took away on purpose (an interrupted run's volumes carry no such mark).
-            self.ec2.create_tags([vid for _, vid in detach], {tags.DETACHED: times.iso(times.now())})
+            # Marked so the next mount-snapshots restores from the snapshot instead of reattaching a volume the
+            # user took away on purpose; the time says which snapshots hold all of its data (`clean volumes`).
+            self.ec2.create_tags([vid for _, vid in detach], {tags.DETACHED: unmounted_at})
             done += [f"detached {vid} from {mp}" for mp, vid in detach]
         for s in plan.steps:
             if s.volume_id and s.delete:

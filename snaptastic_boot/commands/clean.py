@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from snaptastic_boot import messages, tags
@@ -10,6 +11,8 @@ from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, p
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.plan import clean
 from snaptastic_boot.tunables import Tunables
+
+log = logging.getLogger("snaptastic")
 
 
 def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = None, dry_run: bool = False,
@@ -30,18 +33,26 @@ def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = 
             plan += [d for d in found if d.snapshot_id not in in_use]
         else:
             available = [*tags.volume_filters(spec), {"Name": "status", "Values": ["available"]}]
-            plan += clean.plan_volume_cleanup(spec, ec2.describe_volumes(filters=available))
+            found = ec2.describe_volumes(filters=available)
+            copies = ec2.describe_snapshots(tags.snapshot_filters(spec)) if found else []
+            plan += clean.plan_volume_cleanup(spec, found, copies)
     if as_json and dry_run:
         print_json([d.as_dict() for d in plan])
         return 0
     for d in plan:
+        if d.keep:
+            log.warning("keep %s", d.describe())
+            if dry_run:
+                print(f"keep {d.describe()}")
+    doomed = [d for d in plan if not d.keep]
+    for d in doomed:
         print(f"{'would delete' if dry_run else 'delete'} {d.describe()}")
-    if dry_run or not plan:
-        if not plan:
+    if dry_run or not doomed:
+        if not doomed:
             print(f"no {component} to clean")
         return 0
-    if not force and not confirm(f"Delete {len(plan)} {component}?"):
+    if not force and not confirm(f"Delete {len(doomed)} {component}?"):
         print("nothing done")
         return 1
-    delete_all(ec2, plan)
+    delete_all(ec2, doomed)
     return 0

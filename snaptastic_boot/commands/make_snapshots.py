@@ -16,8 +16,12 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         instance = r.ec2.describe_instance(r.ctx.metadata.instance_id)
         plan = snapshot.plan_snapshots(r.spec, snapshot.description(r.snapshotter, r.spec), instance,
                                        r.devices.mounts(), local_devices(r.devices, instance), freeze=freeze)
-        volumes = r.ec2.describe_volumes(volume_ids=[t.volume_id for t in plan.targets])
+        volume_ids = [t.volume_id for t in plan.targets]
+        volumes = r.ec2.describe_volumes(volume_ids=volume_ids)
         plan = snapshot.with_missing_tags(plan, r.spec.filter_tags, volumes)
+        pending = r.ec2.describe_snapshots([{"Name": "volume-id", "Values": volume_ids},
+                                            {"Name": "status", "Values": ["pending"]}]) if volume_ids else []
+        snapshot.check_pending_limits(plan, volumes, pending)
         if dry_run:
             return show_plan(plan, as_json)
         maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,

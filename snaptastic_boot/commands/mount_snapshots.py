@@ -37,6 +37,10 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
                                     r.devices.mounts(), pinned=pinned, before=before_time)
         if dry_run:
             return show_plan(plan, as_json, fstab_line=fstab_preview)
+        for note in plan.notes:
+            log.warning("%s", note)
+        if plan.snapshot_set:
+            log.info("plan: restoring snapshot set %s", plan.snapshot_set)
         for step in plan.steps:
             log.info("plan: %s", step.describe())
         with GracefulStop() as stop:

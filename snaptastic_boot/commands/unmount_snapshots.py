@@ -5,7 +5,7 @@ from __future__ import annotations
 from snaptastic_boot import tags
 from snaptastic_boot.apply.unmount import Unmounter
 from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json, show_plan, start
-from snaptastic_boot.plan import unmount
+from snaptastic_boot.plan import snapshot, unmount
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
 
@@ -16,7 +16,8 @@ def run(name: str, inputs: Inputs, *, delete: bool = False, yes: bool = False, d
     instance_id = r.ctx.metadata.instance_id
     with lock.exclusive(r.paths.lock_file):
         ours = r.ec2.describe_volumes(filters=tags.volume_filters(r.spec, instance_id))
-        plan = unmount.plan_unmount(r.spec, instance_id, ours, r.devices.mounts(), delete=delete)
+        plan = unmount.plan_unmount(r.spec, instance_id, ours, r.devices.mounts(), delete=delete,
+                                    description=snapshot.description(r.snapshotter, r.spec))
         if dry_run:
             return show_plan(plan, as_json)
         mount_points = ", ".join(v.mount_point for v in r.spec.volumes)

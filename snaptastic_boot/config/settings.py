@@ -150,7 +150,7 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
 
 # The settings-file names of the values the JSON config calls otherwise, for messages that name what the user wrote.
 _SETTINGS_NAMES = {"retention.days": "SNAPSHOT_EXPIRY_DAYS", "retention.keep": "KEEP_SNAPSHOTS",
-                   "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT"}
+                   "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT", "consistent_restore": "CONSISTENT_RESTORE"}
 
 
 def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
@@ -160,6 +160,7 @@ def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
         "volumes": [{k: v for k, v in asdict(vol).items() if v is not None} for vol in spec.volumes],
         "retention": {"days": spec.retention.days, "keep": spec.retention.keep},
         "pending_snapshot_wait": spec.pending_snapshot_wait,
+        "consistent_restore": spec.consistent_restore,
     }
     schema = load_schema("config.schema.json")
     try:

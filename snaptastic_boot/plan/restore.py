@@ -15,8 +15,9 @@ from enum import Enum
 from typing import Any
 
 from snaptastic_boot import messages, tags, times
-from snaptastic_boot.errors import BadInput, UnsafeOperation
+from snaptastic_boot.errors import BadInput, OperationFailed, UnsafeOperation
 from snaptastic_boot.model import GONE_STATES, Mount, SnapshotterSpec, VolumeSpec, attachment
+from snaptastic_boot.plan import sets
 
 log = logging.getLogger("snaptastic.restore")
 
@@ -81,6 +82,10 @@ class RestorePlan:
     tags: dict[str, str]
     wait_pending: tuple[str, ...] = ()
     pending_wait_limit: float = 600.0
+    snapshot_set: str | None = None
+    # The steps to take instead, by mount point, if a pending set being waited for fails: the previous set.
+    fallback: tuple[VolumeStep, ...] = ()
+    notes: tuple[str, ...] = ()
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def as_dict(self, fstab_line: Callable[[VolumeStep], str] | None = None) -> dict[str, Any]:
@@ -89,6 +94,8 @@ class RestorePlan:
             raw["action"] = step.action.value
             if fstab_line is not None:
                 raw["fstab"] = fstab_line(step)
+        for step, raw in zip(self.fallback, out["fallback"]):
+            raw["action"] = step.action.value
         return out
 
     def render(self, fstab_line: Callable[[VolumeStep], str] | None = None) -> str:
@@ -97,8 +104,13 @@ class RestorePlan:
             lines.append(f"  {step.describe()}")
             if fstab_line is not None:
                 lines.append(f"    fstab: {fstab_line(step)}")
+        if self.snapshot_set:
+            lines.append(f"  snapshot set: {self.snapshot_set}")
         if self.wait_pending:
             lines.append(f"  wait for pending snapshots: {', '.join(self.wait_pending)}")
+        if self.fallback:
+            lines.append(f"  if they fail: {'; '.join(s.describe() for s in self.fallback)}")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -136,6 +148,70 @@ def _choice(snap: dict[str, Any]) -> SnapshotChoice:
     return SnapshotChoice(snap["SnapshotId"], times.start_time(snap).isoformat(), snap.get("State", ""), int(snap.get("VolumeSize", 0)))
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Where each mount point's new volume comes from, decided for the snapshotter as a whole."""
+
+    snapshots: dict[str, dict[str, Any]]  # mount point -> snapshot (completed, or pending and waited for)
+    wait_for: tuple[str, ...] = ()
+    fallback: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshot_set: str | None = None
+    notes: tuple[str, ...] = ()
+    # Mount points that sets cover but no set can restore: an error, but only if a volume must be created.
+    unrestorable: tuple[str, ...] = ()
+
+
+def choose_sources(spec: SnapshotterSpec, snapshots: Sequence[dict[str, Any]], pinned: dict[str, dict[str, Any]],
+                   before: dt.datetime | None = None) -> Sources:
+    """The newest complete snapshot set for the mount points sets cover; for the others (old snaptastic
+    snapshots, a mount point added to the config later, or `consistent_restore` off) each one's own newest
+    snapshot. Pins override either, and say so when they break a set."""
+    mount_points = [v.mount_point for v in spec.volumes]
+    notes: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    wait_for: list[str] = []
+    fallback: dict[str, dict[str, Any]] = {}
+    chosen_set: str | None = None
+    unrestorable: tuple[str, ...] = ()
+    independent = list(mount_points)
+    if spec.consistent_restore:
+        choice = sets.choose(snapshots, mount_points, before)
+        base = choice.waiting_for or choice.chosen
+        used = base.describe() if base else "no set"
+        notes += [f"skipping {s.describe()}: {why}; using {used}" for s, why in choice.skipped]
+        independent = [mp for mp in mount_points if mp not in choice.must_cover]
+        if base is not None:
+            chosen_set = base.set_id
+            out.update(base.members)
+            if choice.waiting_for is not None:
+                wait_for = [s["SnapshotId"] for s in base.members.values() if s.get("State") == sets.PENDING]
+                if choice.chosen is not None:
+                    fallback = dict(choice.chosen.members)
+        else:
+            unrestorable = choice.must_cover
+        if choice.must_cover:
+            for mp in independent:
+                notes.append(f"{mp}: no snapshot set covers it (added to the config later?); it gets its own newest "
+                             "snapshot or an empty volume")
+    completed, pending = newest_snapshots(snapshots, independent, before)
+    for mp in independent:
+        if mp in pending:
+            out[mp] = pending[mp]
+            wait_for.append(pending[mp]["SnapshotId"])
+        elif mp in completed:
+            out[mp] = completed[mp]
+    for mp, snap in pinned.items():
+        if chosen_set and mp not in independent:
+            notes.append(f"{mp}: pinned to {snap['SnapshotId']}, which breaks snapshot set {chosen_set}: the mount "
+                         "points may come from different points in time")
+        if mp in out and out[mp]["SnapshotId"] in wait_for:
+            wait_for.remove(out[mp]["SnapshotId"])
+        out[mp] = snap
+        fallback.pop(mp, None)
+    return Sources(out, tuple(wait_for), fallback if wait_for else {}, chosen_set, tuple(notes),
+                   tuple(mp for mp in unrestorable if mp not in pinned))
+
+
 def plan_restore(
     spec: SnapshotterSpec,
     instance_id: str,
@@ -147,12 +223,10 @@ def plan_restore(
     before: dt.datetime | None = None,
 ) -> RestorePlan:
     """Decide, per configured volume, whether to keep, mount, attach or create, and from which snapshot."""
-    pinned = pinned or {}
-    mount_points = [v.mount_point for v in spec.volumes]
-    completed, pending = newest_snapshots(snapshots, mount_points, before)
+    sources = choose_sources(spec, snapshots, pinned or {}, before)
     mounted_at = {m.mount_point: m for m in mounts}
     steps: list[VolumeStep] = []
-    wait_pending: list[str] = []
+    fallback: list[VolumeStep] = []
     for v in spec.volumes:
         existing = current_volume(our_volumes, instance_id, v.mount_point, spec.filter_tags)
         if existing is not None:
@@ -173,16 +247,22 @@ def plan_restore(
         if v.mount_point in mounted_at:
             m = mounted_at[v.mount_point]
             raise UnsafeOperation(messages.mounted_not_ours(v.mount_point, m.source))
-        snap = pinned.get(v.mount_point) or completed.get(v.mount_point)
-        if v.mount_point not in pinned and v.mount_point in pending:
-            snap = pending[v.mount_point]
-            wait_pending.append(snap["SnapshotId"])
-        choice = _choice(snap) if snap else None
-        size = max(v.size, choice.volume_size) if choice else v.size
-        steps.append(VolumeStep(v.mount_point, v.device, Action.CREATE, v, snapshot=choice, size=size,
-                                format_if_blank=choice is None, grow=bool(choice and v.size > choice.volume_size)))
-    return RestorePlan(spec.name, instance_id, availability_zone, tuple(steps), dict(spec.filter_tags), tuple(wait_pending),
-                       spec.pending_snapshot_wait)
+        if v.mount_point in sources.unrestorable:
+            raise OperationFailed(messages.no_complete_set(v.mount_point, spec.name))
+        steps.append(_create(v, sources.snapshots.get(v.mount_point)))
+        if v.mount_point in sources.fallback:
+            fallback.append(_create(v, sources.fallback[v.mount_point]))
+    wait_for = tuple(i for i in sources.wait_for if any(s.snapshot and s.snapshot.snapshot_id == i for s in steps))
+    return RestorePlan(spec.name, instance_id, availability_zone, tuple(steps), dict(spec.filter_tags), wait_for,
+                       spec.pending_snapshot_wait, snapshot_set=sources.snapshot_set,
+                       fallback=tuple(fallback) if wait_for else (), notes=sources.notes)
+
+
+def _create(v: VolumeSpec, snap: dict[str, Any] | None) -> VolumeStep:
+    choice = _choice(snap) if snap else None
+    size = max(v.size, choice.volume_size) if choice else v.size
+    return VolumeStep(v.mount_point, v.device, Action.CREATE, v, snapshot=choice, size=size,
+                      format_if_blank=choice is None, grow=bool(choice and v.size > choice.volume_size))
 
 
 def current_volume(our_volumes: Sequence[dict[str, Any]], instance_id: str, mount_point: str,

@@ -15,7 +15,8 @@ from typing import Any
 
 from snaptastic_boot import messages, tags, times
 from snaptastic_boot.errors import OperationFailed, UnsafeOperation
-from snaptastic_boot.model import Mount, SnapshotterSpec
+from snaptastic_boot.model import DEFAULT_PENDING_SNAPSHOT_LIMIT, PENDING_SNAPSHOT_LIMITS, Mount, SnapshotterSpec
+from snaptastic_boot.plan import sets
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def block_devices(instance: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def plan_snapshots(spec: SnapshotterSpec, description: str, instance: dict[str, Any], mounts: Sequence[Mount],
-                   local: dict[str, tuple[str, str]], freeze: bool = True, now: dt.datetime | None = None) -> SnapshotPlan:
+                   local: dict[str, tuple[str, str]], freeze: bool = True, now: dt.datetime | None = None,
+                   set_id: str | None = None) -> SnapshotPlan:
     """Map each configured mount point to its EBS volume through the instance's block device mapping."""
     now = now or times.now()
     instance_id = instance["InstanceId"]
@@ -83,8 +85,10 @@ def plan_snapshots(spec: SnapshotterSpec, description: str, instance: dict[str, 
     wanted = {t.volume_id for t in targets}
     exclude = tuple(sorted(vid for dev, vid in mappings if vid not in wanted and dev != root_device))
     expires = now + dt.timedelta(days=spec.retention.days)
+    # One set id for every snapshot of this run: the restore takes them together or not at all.
+    set_id = set_id or sets.new_set_id(now)
     snapshot_tags = {**spec.filter_tags, tags.INSTANCE_ID: instance_id, tags.CREATED: times.iso(now),
-                     tags.EXPIRES: times.iso(expires)}
+                     tags.EXPIRES: times.iso(expires), tags.SNAPSHOT_SET: set_id}
     return SnapshotPlan(spec.name, instance_id, tuple(targets), exclude, snapshot_tags, description[:255], freeze,
                         times.iso(expires))
 
@@ -117,3 +121,14 @@ def with_missing_tags(plan: SnapshotPlan, filter_tags: dict[str, str], volumes: 
         want = {**filter_tags, tags.MOUNT_POINT: t.mount_point}
         targets.append(replace(t, missing_tags={k: v for k, v in want.items() if have.get(k) != v}))
     return replace(plan, targets=tuple(targets))
+
+
+def check_pending_limits(plan: SnapshotPlan, volumes: Sequence[dict[str, Any]], pending: Sequence[dict[str, Any]]) -> None:
+    """Refuse, before anything is frozen, when a volume already has as many pending snapshots as EBS allows:
+    the call would fail after the freeze. The periodic timer's next run tries again."""
+    types = {v["VolumeId"]: v.get("VolumeType", "") for v in volumes}
+    for t in plan.targets:
+        waiting = sorted(s["SnapshotId"] for s in pending if s.get("VolumeId") == t.volume_id and s.get("State") == "pending")
+        limit = PENDING_SNAPSHOT_LIMITS.get(types.get(t.volume_id, ""), DEFAULT_PENDING_SNAPSHOT_LIMIT)
+        if len(waiting) >= limit:
+            raise OperationFailed(messages.pending_limit(t.mount_point, t.volume_id, limit, waiting))

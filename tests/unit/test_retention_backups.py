@@ -52,8 +52,18 @@ def test_leaked_volumes_only_ours_and_old_enough() -> None:
         return {"VolumeId": vid, "State": state, "CreateTime": NOW - dt.timedelta(hours=hours),
                 "Tags": [{"Key": k, "Value": v} for k, v in t.items()]}
 
-    vols = [vol("vol-leak", 5), vol("vol-young", 0.1), vol("vol-used", 5, state="in-use"), vol("vol-foreign", 5, role="db")]
-    assert [d.resource_id for d in retention.plan_volume_cleanup(SPEC, vols, now=NOW)] == ["vol-leak"]
+    unmounted = (NOW - dt.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    vols = [vol("vol-copied", 5, detached=unmounted), vol("vol-uncopied", 5, detached=unmounted), vol("vol-crashed", 5),
+            vol("vol-young", 0.1), vol("vol-used", 5, state="in-use"), vol("vol-foreign", 5, role="db")]
+    snaps = [{"SnapshotId": "snap-after", "VolumeId": "vol-copied", "State": "completed", "StartTime": NOW - dt.timedelta(hours=2)},
+             {"SnapshotId": "snap-before", "VolumeId": "vol-uncopied", "State": "completed", "StartTime": NOW - dt.timedelta(hours=4)},
+             {"SnapshotId": "snap-pending", "VolumeId": "vol-uncopied", "State": "pending", "StartTime": NOW - dt.timedelta(hours=2)}]
+    plan = retention.plan_volume_cleanup(SPEC, vols, snaps, now=NOW)
+    assert [d.resource_id for d in plan if not d.keep] == ["vol-copied"]
+    kept = {d.resource_id: d.reason for d in plan if d.keep}
+    assert set(kept) == {"vol-uncopied", "vol-crashed"}
+    assert "no completed snapshot of it since it was unmounted" in kept["vol-uncopied"]
+    assert "may hold writes no snapshot has" in kept["vol-crashed"]
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1d", 86400), ("12h", 43200), ("90m", 5400), ("30", 30), ("2w", 1209600)])

@@ -32,7 +32,9 @@ def test_maps_mount_points_to_volumes_and_excludes_the_rest() -> None:
     p = plan()
     assert [(t.mount_point, t.volume_id, t.device) for t in p.targets] == [("/mnt/a", "vol-a", "/dev/sdf"), ("/mnt/b", "vol-b", "/dev/sdg")]
     assert p.exclude_volume_ids == ("vol-other",)  # the boot volume goes by ExcludeBootVolume
+    set_id = p.tags.pop("snapshot_set")
     assert p.tags == {**TAGS, "instance_id": "i-1", "created": "2026-11-27T12:00:00Z", "expires": "2026-12-11T12:00:00Z"}
+    assert set_id.startswith("20261127T120000Z-") and plan().tags["snapshot_set"] != set_id  # one per run
 
 
 def test_not_mounted_is_an_error() -> None:
