@@ -75,10 +75,13 @@ class _LabSnapshot(Snapshot):
 
     lab_started_at: float = 0.0
     lab_done_at: float = 0.0
+    lab_fails: bool = False  # ends in `error` instead of `completed`, as EBS reports a snapshot it could not take
 
     @property  # type: ignore[override]
     def status(self) -> str:
-        return "pending" if time.monotonic() < self.lab_done_at else "completed"
+        if time.monotonic() < self.lab_done_at:
+            return "pending"
+        return "error" if self.lab_fails else "completed"
 
     @status.setter
     def status(self, value: str) -> None:
@@ -671,6 +674,15 @@ class Ec2Emulator:
     def _root_volume_of(self, instance: Any) -> str | None:
         mapping = instance.block_device_mapping.get(instance.root_device_name)
         return mapping.volume_id if mapping is not None else None
+
+    def fail_snapshot(self, snapshot_id: str, after: float = 0.0) -> None:
+        """Make a snapshot end in `error`, now or once it has been pending for `after` more seconds."""
+        snapshot = self.backend.snapshots[snapshot_id]
+        if not isinstance(snapshot, _LabSnapshot):
+            snapshot.__class__ = _LabSnapshot
+            snapshot.lab_started_at = time.monotonic()
+        snapshot.lab_done_at = time.monotonic() + after
+        snapshot.lab_fails = True
 
     def _snapshot_taken(self, snapshot: Any) -> None:
         """Copy the data as it is now, give a millisecond start time, and apply the pending knob."""

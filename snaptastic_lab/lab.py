@@ -348,6 +348,10 @@ class Lab:
     def snapshot_file(self, snapshot_id: str) -> Path:
         return self._emulator.snapshot_file(snapshot_id)  # type: ignore[no-any-return]
 
+    def fail_snapshot(self, snapshot_id: str, after: float = 0.0) -> None:
+        """Make a snapshot end in state `error`, at once or after `after` seconds of `pending`."""
+        self._emulator.fail_snapshot(snapshot_id, after)
+
     def device_for(self, volume_id: str) -> Path | None:
         """The node the current instance sees for `volume_id`, or None when it has not appeared."""
         return self._emulator.device_for(volume_id)  # type: ignore[no-any-return]

@@ -74,18 +74,25 @@ def test_rerun_changes_nothing(styled: Any) -> None:
     assert len(our_volumes(lab)) == 2
 
 
+def unmount_snapshot(lab: Any) -> str:
+    """unmount-snapshots of one volume; the id of the snapshot it took before detaching."""
+    done = run_json(lab, "unmount-snapshots", "solr", "--yes")["done"]
+    (line,) = [d for d in done if d.startswith("snapshot snap-")]
+    return str(line.split()[1])
+
+
 def test_restore_on_a_new_instance_brings_data_back_byte_for_byte(styled: Any) -> None:
     lab = styled
     configure(lab, volumes(lab, 1))
     ok(lab.run("mount-snapshots", "solr"))
     payload = os.urandom(300_000)
     (lab.mount_root / "data0" / "blob").write_bytes(payload)
-    made = run_json(lab, "make-snapshots", "solr")
-    ok(lab.run("unmount-snapshots", "solr", "--yes"))
+    ok(lab.run("make-snapshots", "solr"))
+    taken = unmount_snapshot(lab)
     lab.terminate_instance()
     lab.new_instance()
     report = run_json(lab, "mount-snapshots", "solr")
-    assert report["volumes"][0]["snapshot_id"] == made["snapshots"][str(lab.mount_root / "data0")]
+    assert report["volumes"][0]["snapshot_id"] == taken
     assert report["volumes"][0]["formatted"] is False
     assert (lab.mount_root / "data0" / "blob").read_bytes() == payload
 
@@ -117,8 +124,7 @@ def test_newest_snapshot_wins_and_pending_one_is_waited_for(lab: Any) -> None:
     time.sleep(1.1)  # moto's StartTime has one-second resolution
     (mp / "v").write_text("2")
     lab.faults.snapshot_pending_seconds = 2.0
-    newest = run_json(lab, "make-snapshots", "solr")["snapshots"][str(mp)]
-    ok(lab.run("unmount-snapshots", "solr", "--yes"))
+    newest = unmount_snapshot(lab)  # the unmount's snapshot is the newest, and still pending
     lab.new_instance()
     report = run_json(lab, "mount-snapshots", "solr")
     assert report["volumes"][0]["snapshot_id"] == newest
