@@ -66,7 +66,10 @@ def wrapper(tmp_path: Path):
     fake.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexit "${{FAKE_RC:-0}}"\n')
     fake.chmod(0o755)
     systemctl = bindir / "systemctl"
-    systemctl.write_text('#!/bin/sh\n[ "$1" = is-system-running ] && echo "$FAKE_STATE"\nexit 0\n')
+    # is-failed: no unit has failed unless FAKE_FAILED is set.
+    systemctl.write_text(
+        '#!/bin/sh\n[ "$1" = is-system-running ] && echo "$FAKE_STATE"\n[ "$1" = is-failed ] && [ -z "${FAKE_FAILED:-}" ] && exit 1\nexit 0\n'
+    )
     systemctl.chmod(0o755)
     mountpoint = bindir / "mountpoint"
     mountpoint.write_text('#!/bin/sh\nfor p in $FAKE_UNMOUNTED; do [ "$p" = "$2" ] && exit 1; done\nexit 0\n')
