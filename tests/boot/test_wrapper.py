@@ -132,3 +132,25 @@ def test_no_shutdown_snapshot_after_a_failed_restore(wrapper: Wrapper):
     assert len(err) == 1 and "no snapshot taken: snaptastic-mount.service failed at this boot" in err[0], err
     rc, calls, err = wrapper("snapshot", SNAPSHOT_ONLY, state="stopping")
     assert (rc, calls) == (0, ["make-snapshots solr"]), err
+
+
+EVERYTHING = 'SNAPTASTIC_MOUNT="solr"\nSNAPTASTIC_SNAPSHOT="solr"\nSNAPTASTIC_PERIODIC="solr"\nSNAPTASTIC_CLEAN="solr"\n'
+
+
+@pytest.mark.parametrize("args", ["", "--loglevel DEBUG", "--config CONFIG -v"])
+def test_every_command_line_the_wrapper_runs_parses(wrapper: Wrapper, args: str):
+    """`clean snapshots --force solr` was refused by snaptastic's parser (an optional name behind an option);
+    the boot tests found it, this keeps every line the wrapper makes parseable."""
+    from snaptastic_boot.cli import build_parser
+
+    wrapper.config.write_text(GOOD)
+    defaults = f'{EVERYTHING}SNAPTASTIC_ARGS="{args.replace("CONFIG", str(wrapper.config))}"\n'
+    lines = []
+    for action, state in (("mount", "starting"), ("snapshot", "stopping"), ("periodic", "running")):
+        rc, calls, err = wrapper(action, defaults, state=state)
+        assert rc == 0, err
+        lines += calls
+    assert [line.split()[0] for line in lines] == ["mount-snapshots", "make-snapshots", "make-snapshots", "clean"]
+    for line in lines:
+        parsed = build_parser().parse_args(line.split())
+        assert parsed.name == "solr", line
