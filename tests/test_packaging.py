@@ -66,7 +66,10 @@ def wrapper(tmp_path: Path):
     fake.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexit "${{FAKE_RC:-0}}"\n')
     fake.chmod(0o755)
     systemctl = bindir / "systemctl"
-    systemctl.write_text('#!/bin/sh\n[ "$1" = is-system-running ] && echo "$FAKE_STATE"\nexit 0\n')
+    # is-failed: no unit has failed unless FAKE_FAILED is set.
+    systemctl.write_text(
+        '#!/bin/sh\n[ "$1" = is-system-running ] && echo "$FAKE_STATE"\n[ "$1" = is-failed ] && [ -z "${FAKE_FAILED:-}" ] && exit 1\nexit 0\n'
+    )
     systemctl.chmod(0o755)
     mountpoint = bindir / "mountpoint"
     mountpoint.write_text('#!/bin/sh\nfor p in $FAKE_UNMOUNTED; do [ "$p" = "$2" ] && exit 1; done\nexit 0\n')
@@ -118,7 +121,7 @@ def test_mount_runs_each_name_and_orders_the_shutdown_snapshot(wrapper):
         "mount", 'SNAPTASTIC_MOUNT="solr other"\nSNAPTASTIC_SNAPSHOT="solr"\nSNAPTASTIC_ARGS="--loglevel DEBUG"\n'
     )
     assert rc == 0, err
-    assert calls == ["mount-snapshots --loglevel DEBUG solr", "mount-snapshots --loglevel DEBUG other"]
+    assert calls == ["mount-snapshots solr --loglevel DEBUG", "mount-snapshots other --loglevel DEBUG"]
     assert wrapper.dropin.read_text() == "[Unit]\nRequiresMountsFor=/mnt/solr\n"
 
 
@@ -127,7 +130,7 @@ def test_mount_finds_the_config_given_in_the_arguments(wrapper, tmp_path: Path):
     other.write_text('{"snapshotters": {"db": {"volumes": [{"device": "/dev/sdg", "mount_point": "/srv/db", "size": 5}]}}}')
     rc, calls, err = wrapper("mount", f'SNAPTASTIC_MOUNT="db"\nSNAPTASTIC_SNAPSHOT="db"\nSNAPTASTIC_ARGS="--config {other}"\n')
     assert rc == 0, err
-    assert calls == [f"mount-snapshots --config {other} db"]
+    assert calls == [f"mount-snapshots db --config {other}"]
     assert wrapper.dropin.read_text() == "[Unit]\nRequiresMountsFor=/srv/db\n"
 
 
@@ -152,7 +155,7 @@ def test_periodic_snapshots_then_cleans_and_tolerates_the_lock(wrapper):
     defaults = 'SNAPTASTIC_PERIODIC="solr"\nSNAPTASTIC_CLEAN="solr"\n'
     rc, calls, err = wrapper("periodic", defaults)
     assert rc == 0, err
-    assert calls == ["make-snapshots solr", "clean snapshots --force solr"]
+    assert calls == ["make-snapshots solr", "clean snapshots solr --force"]
     rc, calls, err = wrapper("periodic", defaults, rc=4)
     assert rc == 0 and "holds the lock" in err
 

@@ -1,0 +1,1 @@
+"""Boot tests: the built Debian package under a real systemd (systemd-nspawn), against the lab."""
