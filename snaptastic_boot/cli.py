@@ -206,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     level = "INFO"
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse fills `clean`'s optional NAME before it sees the options, so `clean snapshots --force solr`
+        # leaves the name over; a single plain word left over is that name.
+        if extra and getattr(args, "command", None) == "clean" and args.name is None and len(extra) == 1 \
+                and not extra[0].startswith("-"):
+            args.name, extra = extra[0], []
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         level = "DEBUG" if args.verbose else (args.loglevel or "INFO")
         _configure_logging(level)
         func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

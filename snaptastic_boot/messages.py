@@ -119,6 +119,10 @@ def config_not_found(path: object) -> str:
     return f"config: {path} not found; create it or point --config/SNAPTASTIC_CONFIG at the right file"
 
 
+def config_not_utf8(path: object, offset: int) -> str:
+    return f"config: {path} is not UTF-8 text (byte {offset}); save it as UTF-8"
+
+
 def config_unreadable(path: object, reason: str) -> str:
     return f"config: cannot read {path}: {reason}"
 

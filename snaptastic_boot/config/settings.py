@@ -111,6 +111,8 @@ def load_json_config(path: Path) -> dict[str, dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(messages.config_not_found(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(messages.config_not_utf8(path, exc.start)) from exc
     except OSError as exc:
         raise ConfigError(messages.config_unreadable(path, exc.strerror)) from exc
     try:

@@ -216,3 +216,20 @@ def test_fuzz_config_raises_only_our_error(value: object) -> None:
         pass
     finally:
         Path(f.name).unlink()
+
+
+def test_a_config_that_is_not_utf8_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "snaptastic.json"
+    path.write_bytes(b'{"snapshotters": {}} # caf\xe9')
+    with pytest.raises(BadInput, match="not UTF-8"):
+        load(str(path))
+
+
+def test_clean_takes_its_name_after_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from snaptastic_boot.cli import main
+
+    # The name is accepted: the run then fails for want of a config, not of its arguments.
+    assert main(["clean", "snapshots", "--force", "solr", "--config", "/nonexistent.json"]) == 2
+    assert "nonexistent.json not found" in capsys.readouterr().err
+    assert main(["clean", "snapshots", "--force", "solr", "extra", "--config", "/nonexistent.json"]) == 2
+    assert "unrecognized arguments: solr extra" in capsys.readouterr().err
