@@ -55,7 +55,7 @@ def test_every_snapshot_of_a_run_carries_one_set_tag(lab: Any, two_sets: Any) ->
 
 @pytest.mark.parametrize("broken", ["error", "deleted"])
 def test_a_broken_member_makes_the_whole_older_set_restore(lab: Any, two_sets: Any, broken: str) -> None:
-    first, second = two_sets
+    _first, second = two_sets
     victim = second[str(lab.mount_root / "data1")]
     if broken == "error":
         lab.fail_snapshot(victim)
@@ -90,7 +90,7 @@ def test_a_pending_set_is_waited_for(lab: Any, two_sets: Any) -> None:
 
 
 def test_before_chooses_a_set_by_its_time(lab: Any, two_sets: Any) -> None:
-    first, second = two_sets
+    _first, second = two_sets
     snap = lab.ec2.describe_snapshots(SnapshotIds=[next(iter(second.values()))])["Snapshots"][0]
     before = (snap["StartTime"] - dt.timedelta(milliseconds=1)).isoformat()
     ok(restore_on_new_instance(lab, "--before", before))
@@ -115,7 +115,7 @@ def test_dry_run_shows_the_chosen_set(lab: Any, two_sets: Any) -> None:
 
 
 def test_consistent_restore_off_restores_each_mount_point_on_its_own(lab: Any, two_sets: Any) -> None:
-    first, second = two_sets
+    _first, second = two_sets
     configure(lab, volumes(lab, 3), consistent_restore=False)
     lab.fail_snapshot(second[str(lab.mount_root / "data1")])
     ok(restore_on_new_instance(lab))
