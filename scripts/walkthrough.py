@@ -18,11 +18,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from snaptastic_lab import Lab  # noqa: E402
-from snaptastic_lab.namespace import enter_private_namespace  # noqa: E402
+from snaptastic_lab import Lab
+from snaptastic_lab.namespace import enter_private_namespace
 
 SETTINGS = textwrap.dedent("""\
     from snaptastic_boot import Snapshotter, EBSVolume
@@ -61,7 +58,7 @@ def main() -> int:
         settings_dir.mkdir()
         (settings_dir / "snaptastic_settings.py").write_text(SETTINGS)
         with Lab(work / "lab", device_style=args.device_style, userdata=USERDATA) as lab:
-            env = {**lab.env, "PYTHONPATH": os.pathsep.join([str(settings_dir), str(ROOT)])}
+            env = {**lab.env, "PYTHONPATH": str(settings_dir)}
             env.pop("SNAPTASTIC_CONFIG", None)
 
             def snaptastic(*argv: str) -> None:

@@ -10,11 +10,17 @@ CLONE_NEWNS = 0x00020000
 MARKER = "SNAPTASTIC_LAB_PRIVATE_NS"
 
 
+def _own_namespace() -> str:
+    return os.readlink("/proc/self/ns/mnt")
+
+
 def in_private_namespace() -> bool:
-    if os.environ.get(MARKER) == str(os.getpid()):
-        return True
+    """Whether this process is in the namespace a lab run made (its children, xdist workers among them, are)."""
     try:
-        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+        # The namespace it entered, or its pid when `unshare -m` exec'd it into a new one (python -m snaptastic_lab).
+        if os.environ.get(MARKER) in (_own_namespace(), str(os.getpid())):
+            return True
+        return _own_namespace() != os.readlink("/proc/1/ns/mnt")
     except OSError:
         return False
 
@@ -29,4 +35,4 @@ def enter_private_namespace() -> None:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare(CLONE_NEWNS) failed: {os.strerror(errno)}")
     subprocess.run(["mount", "--make-rprivate", "/"], check=True, capture_output=True)
-    os.environ[MARKER] = str(os.getpid())
+    os.environ[MARKER] = _own_namespace()

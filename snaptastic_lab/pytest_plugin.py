@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from snaptastic_lab.namespace import enter_private_namespace
+from snaptastic_lab.namespace import enter_private_namespace, in_private_namespace
 
 NEED_ROOT = "lab tests need root: loop devices and mounts"
 _namespace_problem: str | None = None
@@ -21,9 +21,10 @@ _namespace_problem: str | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _namespace_problem
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or in_private_namespace() or not _may_need_labs(config):
+        # xdist workers are children of the run that entered the namespace, and share it.
         return
-    # Before any thread exists: unshare(CLONE_NEWNS) refuses multi-threaded processes.
+    # Before any thread exists: the lab's servers run in threads, and they must live in the namespace too.
     try:
         enter_private_namespace()
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -31,11 +32,20 @@ def pytest_configure(config: pytest.Config) -> None:
         _namespace_problem = f"lab tests need a private mount namespace: {exc}"
 
 
+def _may_need_labs(config: pytest.Config) -> bool:
+    """False only when every path the run was given lies under tests/unit, which never starts a lab."""
+    unit = (Path(str(config.rootpath)) / "tests" / "unit").resolve()
+    paths = [Path(a.split("::")[0]) for a in config.args] or [Path(str(config.rootpath))]
+    return not all((Path(config.invocation_params.dir) / p).resolve().is_relative_to(unit) for p in paths)
+
+
 def _usable() -> None:
     if os.geteuid() != 0:
         pytest.skip(NEED_ROOT)
     if _namespace_problem:
         pytest.skip(_namespace_problem)
+    if not in_private_namespace():
+        pytest.skip("lab tests need a private mount namespace; run them by their own path, not from tests/unit")
 
 
 @pytest.fixture

@@ -451,7 +451,9 @@ def test_stop_does_not_wait_for_held_calls(lab: Lab) -> None:
 
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
+    deadline = time.monotonic() + 30
     while "DescribeVolumes" not in lab.call_counts():
+        assert time.monotonic() < deadline, "the call never reached the lab"
         time.sleep(0.02)
     started = time.monotonic()
     lab.stop()

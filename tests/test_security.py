@@ -50,9 +50,9 @@ def test_secrets_are_never_logged(lab: Any) -> None:
     text = "\n".join(outputs)
     assert "hunter2-secret" not in text
     assert "db_password: <redacted>" in text
-    creds = lab.imds.credentials if hasattr(lab.imds, "credentials") else None
-    secret = (creds or {}).get("SecretAccessKey") if isinstance(creds, dict) else None
-    for value in filter(None, [secret, "X-aws-ec2-metadata-token:"]):
+    creds = lab.imds.credentials()
+    assert creds["SecretAccessKey"] and creds["Token"], creds.keys()
+    for value in (creds["SecretAccessKey"], creds["Token"], "X-aws-ec2-metadata-token:"):
         assert value not in text
 
 

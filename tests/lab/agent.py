@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,12 @@ def is_mounted(path: str | Path) -> bool:
 def managed_lines(lab: Any) -> list[str]:
     lines = Path(lab.fstab).read_text().splitlines()
     return [lines[i + 1] for i, line in enumerate(lines) if line.startswith("# snaptastic-boot:")]
+
+
+def wait_for_call(lab: Any, action: str, timeout: float = 30.0) -> None:
+    """Until the lab has seen `action` (a call the agent is making), failing the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while action not in [a for _, a in lab.calls]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the lab saw no {action} within {timeout:.0f}s")
+        time.sleep(0.05)

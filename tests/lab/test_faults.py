@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab.agent import configure, is_mounted, managed_lines, ok, our_volumes, run_json, volumes
+from tests.lab.agent import configure, is_mounted, managed_lines, ok, our_volumes, run_json, volumes, wait_for_call
 
 WRITES = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume", "CreateTags", "ModifyInstanceAttribute",
           "CreateSnapshot", "CreateSnapshots", "DeleteSnapshot")
@@ -87,8 +87,7 @@ def test_sigkill_during_mount_snapshots_converges(lab: Any, action: str) -> None
     lab.faults.hang_actions = {action: 30.0}
     proc = subprocess.Popen(["snaptastic", "mount-snapshots", "solr"], env=lab.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while action not in [a for _, a in lab.calls]:
-        time.sleep(0.05)
+    wait_for_call(lab, action)
     proc.kill()
     proc.wait()
     lab.faults.hang_actions = {}
@@ -105,8 +104,7 @@ def test_sigterm_during_mount_snapshots_stops_at_a_safe_point(lab: Any) -> None:
     lab.faults.hang_actions = {"AttachVolume": 2.0}
     proc = subprocess.Popen(["snaptastic", "mount-snapshots", "solr"], env=lab.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while "AttachVolume" not in [a for _, a in lab.calls]:
-        time.sleep(0.05)
+    wait_for_call(lab, "AttachVolume")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1

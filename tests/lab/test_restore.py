@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -121,7 +122,6 @@ def test_newest_snapshot_wins_and_pending_one_is_waited_for(lab: Any) -> None:
     ok(lab.run("mount-snapshots", "solr"))
     (mp / "v").write_text("1")
     ok(lab.run("make-snapshots", "solr"))
-    time.sleep(1.1)  # moto's StartTime has one-second resolution
     (mp / "v").write_text("2")
     lab.faults.snapshot_pending_seconds = 2.0
     newest = unmount_snapshot(lab)  # the unmount's snapshot is the newest, and still pending
@@ -210,9 +210,8 @@ def test_pinned_snapshot_and_point_in_time(lab: Any) -> None:
     ok(lab.run("mount-snapshots", "solr"))
     (mp / "v").write_text("old")
     first = run_json(lab, "make-snapshots", "solr")["snapshots"][str(mp)]
-    time.sleep(1.1)
-    cut = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    time.sleep(1.1)
+    # Start times are distinct to the millisecond, so a cut taken between two runs falls between them.
+    cut = dt.datetime.now(dt.timezone.utc).isoformat()
     (mp / "v").write_text("new")
     ok(lab.run("make-snapshots", "solr"))
     ok(lab.run("unmount-snapshots", "solr", "--yes"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab.agent import configure, ok, run_json, volumes
+from tests.lab.agent import configure, ok, run_json, volumes, wait_for_call
 
 
 def write_probe(path: Path, timeout: float) -> float | None:
@@ -111,8 +111,7 @@ def test_thawed_by_watchdog_while_the_api_call_hangs(lab: Any) -> None:
     env = {**lab.env, "SNAPTASTIC_MAX_FREEZE": "1"}
     proc = subprocess.Popen(["snaptastic", "make-snapshots", "solr", "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while "CreateSnapshots" not in [a for _, a in lab.calls]:
-        time.sleep(0.05)
+    wait_for_call(lab, "CreateSnapshots")
     # Frozen now, the call is hanging: the write must go through well before the call returns.
     waited = write_probe(lab.mount_root / "data0" / "during", 4)
     assert waited is not None and waited < 4
@@ -127,8 +126,7 @@ def test_sigkill_while_frozen_is_thawed_by_the_guard(lab: Any) -> None:
     lab.faults.hang_actions = {"CreateSnapshots": 20.0}
     proc = subprocess.Popen(["snaptastic", "make-snapshots", "solr"], env=lab.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while "CreateSnapshots" not in [a for _, a in lab.calls]:
-        time.sleep(0.05)
+    wait_for_call(lab, "CreateSnapshots")
     proc.kill()
     proc.wait()
     assert write_probe(lab.mount_root / "data0" / "after-kill", 5) is not None
@@ -140,8 +138,7 @@ def test_sigterm_while_frozen_thaws_before_exit(lab: Any) -> None:
     lab.faults.hang_actions = {"CreateSnapshots": 20.0}
     proc = subprocess.Popen(["snaptastic", "make-snapshots", "solr"], env=lab.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while "CreateSnapshots" not in [a for _, a in lab.calls]:
-        time.sleep(0.05)
+    wait_for_call(lab, "CreateSnapshots")
     proc.terminate()
     proc.wait(timeout=10)
     assert proc.returncode != 0
@@ -173,7 +170,6 @@ def _tagged_snapshot(lab: Any, volume_id: str, mount_point: str, expires: str, *
                 "expires": expires, **tags}
     sid = lab.ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     lab.ec2.create_tags(Resources=[sid], Tags=[{"Key": k, "Value": v} for k, v in all_tags.items()])
-    time.sleep(1.05)  # distinct StartTimes (one-second resolution)
     return sid
 
 
@@ -204,8 +200,8 @@ def test_check_backups_fresh_stale_missing(lab: Any) -> None:
     ok(lab.run("make-snapshots", "solr"))
     fresh = lab.run("check-backups", "--age", "1d")
     assert fresh.returncode == 0 and fresh.stdout.count("OK ") == 2, fresh.stdout + fresh.stderr
-    time.sleep(2.2)
-    stale = lab.run("check-backups", "--age", "2s", "--role", "solr", "--cluster", "solr-cluster", "--environment", "test")
+    time.sleep(1.1)  # older than the age below, in real time
+    stale = lab.run("check-backups", "--age", "1s", "--role", "solr", "--cluster", "solr-cluster", "--environment", "test")
     assert stale.returncode == 1 and stale.stdout.count("CRITICAL") == 2
     assert run_json(lab, "check-backups", "--age", "1d")[0]["ok"] is True
 
