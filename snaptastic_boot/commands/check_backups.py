@@ -12,7 +12,7 @@ from snaptastic_boot.tunables import Tunables
 def run(inputs: Inputs, *, age: str = "1d", given: dict[str, str] | None = None, as_json: bool = False,
         tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
     tunables = tunables or Tunables.from_env()
-    adapters = adapters or Adapters()
+    adapters = adapters or Adapters.default()
     max_age = backups.parse_age(age)
     given = {k: v for k, v in (given or {}).items() if v}
     if len(given) < len(tags.IDENTITY_KEYS):

@@ -62,6 +62,11 @@ class Adapters:
     ec2: Callable[[str, Tunables], Ec2Api] = _real_ec2
     devices: Callable[[Paths], DeviceAdapter] = _real_devices
 
+    @staticmethod
+    def default() -> Adapters:
+        """The real ones; unit tests replace this to run every command against in-memory adapters."""
+        return Adapters()
+
 
 @dataclass
 class Context:
@@ -88,7 +93,7 @@ def load_settings(inputs: Inputs, tunables: Tunables) -> settings_mod.Settings:
 
 def build(inputs: Inputs, tunables: Tunables | None = None, adapters: Adapters | None = None) -> Context:
     tunables = tunables or Tunables.from_env()
-    adapters = adapters or Adapters()
+    adapters = adapters or Adapters.default()
     settings = load_settings(inputs, tunables)
     imds = adapters.imds(tunables)
     metadata = imds.instance_metadata()

@@ -18,7 +18,7 @@ OPTIONAL_TOOLS = ("mkfs.xfs", "xfs_growfs")
 
 def run(inputs: Inputs, tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
     tunables = tunables or Tunables.from_env()
-    adapters = adapters or Adapters()
+    adapters = adapters or Adapters.default()
     problems: list[str] = []
     settings = load_settings(inputs, tunables)
     imds = adapters.imds(tunables)

@@ -1,0 +1,219 @@
+"""Every command and every exit code through `cli.main`, against in-memory EC2, metadata and devices."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snaptastic_boot import cli
+from snaptastic_boot.apply import freeze
+from snaptastic_boot.apply.restore import Restorer
+from snaptastic_boot.commands.context import Adapters
+from snaptastic_boot.errors import CredentialsMissing, MetadataUnavailable, Stopped
+from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
+from snaptastic_boot.plan import restore
+from snaptastic_boot.system import lock
+from snaptastic_boot.system.stopping import GracefulStop
+from tests.unit.fakes import INSTANCE_ID, ZONE, FakeDevices, FakeEc2, FakeImds
+
+TAGS = {"role": "solr", "cluster": "search", "environment": "test"}
+MOUNTS = ("/mnt/solr", "/mnt/logs")
+
+
+class Agent:
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.ec2 = FakeEc2()
+        self.imds = FakeImds()
+        self.devices = FakeDevices(self.ec2)
+        self.fstab = tmp_path / "fstab"
+        self.fstab.write_text("# static file system information\n/dev/xvda1 / ext4 defaults 0 1\n")
+        self.run_dir = tmp_path / "run"
+        self.config = tmp_path / "snaptastic.json"
+        self.configure()
+        self.capsys = capsys
+        self.ec2_error: Exception | None = None
+
+    def configure(self, **entry: Any) -> None:
+        vols = [{"device": d, "mount_point": mp, "size": 1} for d, mp in zip(("/dev/sdf", "/dev/sdg"), MOUNTS)]
+        self.config.write_text(json.dumps({"snapshotters": {"solr": {"volumes": vols, **entry}}}))
+
+    def adapters(self) -> Adapters:
+        def ec2(region: str, tunables: Any) -> FakeEc2:
+            if self.ec2_error is not None:
+                raise self.ec2_error
+            return self.ec2
+
+        return Adapters(imds=lambda tunables: self.imds, ec2=ec2, devices=lambda paths: self.devices)
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+def agent(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Agent:
+    a = Agent(tmp_path, capsys)
+    monkeypatch.setattr(Adapters, "default", staticmethod(a.adapters))
+    monkeypatch.setattr(freeze, "_start_guard", lambda mount_points, max_seconds: None)  # no process in unit tests
+    for key, value in {"SNAPTASTIC_FSTAB": a.fstab, "SNAPTASTIC_RUN_DIR": a.run_dir, "SNAPTASTIC_CONFIG": a.config,
+                       "SNAPTASTIC_WAIT_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(key, str(value))
+    return a
+
+
+def test_first_boot_creates_formats_mounts_and_writes_fstab_and_a_rerun_changes_nothing(agent: Agent) -> None:
+    code, out, _ = agent("mount-snapshots", "solr")
+    assert code == 0, out
+    assert agent.ec2.calls["CreateVolume"] == 2 and agent.ec2.calls["AttachVolume"] == 2
+    assert sorted(e for e in agent.devices.events if e.startswith("mkfs")) == sorted(f"mkfs {v}" for v in agent.ec2.volumes)
+    assert set(agent.devices.table) == set(MOUNTS)
+    text = agent.fstab.read_text()
+    assert text.startswith("# static file system information\n/dev/xvda1 / ext4 defaults 0 1\n")
+    assert text.count("# snaptastic-boot: managed entry for") == 2 and "UUID=" in text
+    assert agent.ec2.delete_on_termination == {"/dev/sdf": True, "/dev/sdg": True}
+    before = agent.ec2.mutating_calls
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent.ec2.mutating_calls == before and agent.fstab.read_text() == text
+
+
+def test_a_restore_from_snapshots_never_formats_and_brings_the_files_back(agent: Agent) -> None:
+    for mp in MOUNTS:
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, files={"data": mp})
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert not [e for e in agent.devices.events if e.startswith("mkfs")]
+    assert {mp: agent.devices.files(mp)["data"] for mp in MOUNTS} == {mp: mp for mp in MOUNTS}
+
+
+def test_a_snapshot_without_a_filesystem_is_refused_not_formatted(agent: Agent) -> None:
+    for mp in MOUNTS:
+        sid = agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"})
+        agent.ec2.disks[sid].fstype = None
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 1 and "refusing to format a volume made from a snapshot" in err
+    assert not [e for e in agent.devices.events if e.startswith(("mkfs", "mount"))]
+
+
+def test_a_pending_newest_set_that_fails_falls_back_to_the_previous_set(agent: Agent) -> None:
+    for mp in MOUNTS:
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "old"}, minutes_ago=120, files={"v": "old"})
+        sid = agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "new"}, minutes_ago=1, state="pending", files={"v": "new"})
+        agent.ec2.scripted[sid] = ["pending", "error"]
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 0, err
+    assert "restoring the previous complete snapshot set instead" in err
+    assert {agent.devices.files(mp)["v"] for mp in MOUNTS} == {"old"}
+
+
+def test_make_snapshots_freezes_every_target_takes_one_call_and_thaws(agent: Agent) -> None:
+    agent("mount-snapshots", "solr")
+    code, out, _ = agent("make-snapshots", "solr", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report["snapshots"]) == set(MOUNTS) and agent.ec2.calls["CreateSnapshots"] == 1
+    assert {f"freeze {mp}" for mp in MOUNTS} | {f"thaw {mp}" for mp in MOUNTS} <= set(agent.devices.events)
+    assert not agent.devices.frozen
+    sets = {dict((t["Key"], t["Value"]) for t in agent.ec2.snapshots[s]["Tags"])["snapshot_set"]
+            for s in report["snapshots"].values()}
+    assert len(sets) == 1
+
+
+def test_a_failing_snapshot_call_still_thaws_everything(agent: Agent) -> None:
+    agent("mount-snapshots", "solr")
+    agent.ec2.failing["CreateSnapshots"] = "InternalError"
+    code, _, err = agent("make-snapshots", "solr")
+    assert code == 1 and "CreateSnapshots failed: InternalError" in err
+    assert not agent.devices.frozen and sum(e.startswith("thaw") for e in agent.devices.events) == 2
+
+
+def test_a_refused_create_snapshots_falls_back_to_one_call_per_volume(agent: Agent) -> None:
+    agent("mount-snapshots", "solr")
+    agent.ec2.failing["CreateSnapshots"] = "UnauthorizedOperation"
+    assert agent("make-snapshots", "solr")[0] == 0
+    assert agent.ec2.calls["CreateSnapshot"] == 2 and not agent.devices.frozen
+
+
+def test_unmount_snapshots_then_detaches_and_marks_the_volumes(agent: Agent) -> None:
+    agent("mount-snapshots", "solr")
+    code, out, _ = agent("unmount-snapshots", "solr", "--yes")
+    assert code == 0 and out.count("snapshot snap-") == 2
+    assert not agent.devices.table and "managed entry" not in agent.fstab.read_text()
+    assert all(not v["Attachments"] and "detached" in {t["Key"] for t in v["Tags"]} for v in agent.ec2.volumes.values())
+    snapped = {s["VolumeId"] for s in agent.ec2.snapshots.values()}
+    assert snapped == set(agent.ec2.volumes)
+
+
+def test_clean_deletes_only_expired_beyond_keep_and_never_an_ami_snapshot(agent: Agent) -> None:
+    expired = {**TAGS, "expires": "2020-01-01T00:00:00Z"}
+    ids = [agent.ec2.add_snapshot("/mnt/solr", {**expired, "snapshot_set": f"s{i}"}, minutes_ago=100 - i) for i in range(5)]
+    for i, sid in enumerate(ids):
+        agent.ec2.add_snapshot("/mnt/logs", {**expired, "snapshot_set": f"s{i}"}, minutes_ago=100 - i)
+    agent.ec2.images[ids[0]] = "ami-1"
+    code, out, _ = agent("clean", "snapshots", "solr", "--keep", "2", "--force")
+    assert code == 0
+    left = set(agent.ec2.snapshots)
+    assert ids[0] in left and set(ids[3:]) <= left and not set(ids[1:3]) & left
+
+
+def test_check_backups_exit_codes(agent: Agent) -> None:
+    agent("mount-snapshots", "solr")
+    assert agent("check-backups", "--age", "1d")[0] == 1
+    agent("make-snapshots", "solr")
+    code, out, _ = agent("check-backups", "--age", "1d")
+    assert code == 0 and out.count("OK ") == 2
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "code", "words"),
+    [
+        (None, ["mount-snapshots", "solr", "--userdata", '{"role": 1}'], 2, "userdata.cluster"),
+        ("bad-config", ["mount-snapshots", "solr"], 2, "did you mean 'size'"),
+        (None, ["clean", "snapshots", "--keep", "0"], 2, "--keep"),
+        (None, ["mount-snapshots", "nosuch"], 2, "snapshotter 'nosuch' is not defined"),
+        ("no-imds", ["mount-snapshots", "solr"], 3, "did not answer"),
+        ("no-credentials", ["mount-snapshots", "solr"], 3, "no AWS credentials"),
+        ("ec2-fails", ["mount-snapshots", "solr"], 1, "CreateVolume failed: InsufficientVolumeCapacity"),
+        ("bug", ["mount-snapshots", "solr"], 1, "this is a bug"),
+    ],
+)
+def test_every_exit_code(agent: Agent, monkeypatch: pytest.MonkeyPatch, setup: str | None, argv: list[str],
+                         code: int, words: str) -> None:
+    if setup == "bad-config":
+        agent.config.write_text(json.dumps({"snapshotters": {"solr": {"volumes": [
+            {"device": "/dev/sdf", "mount_point": "/mnt/solr", "sise": 1}]}}}))
+    elif setup == "no-imds":
+        agent.imds.error = MetadataUnavailable("metadata service at http://fake-imds/ did not answer")
+    elif setup == "no-credentials":
+        agent.ec2_error = CredentialsMissing("no AWS credentials found")
+    elif setup == "ec2-fails":
+        agent.ec2.failing["CreateVolume"] = "InsufficientVolumeCapacity"
+    elif setup == "bug":
+        monkeypatch.setattr(agent.devices, "mount", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    got, _, err = agent(*argv)
+    assert got == code, err
+    lines = [line for line in err.splitlines() if line.startswith("snaptastic:") and "error" in line]
+    assert lines and words in lines[-1], err
+    if code == 2:
+        assert agent.ec2.mutating_calls == 0
+
+
+def test_exit_4_when_another_run_holds_the_lock(agent: Agent) -> None:
+    with lock.exclusive(agent.run_dir / "snaptastic.lock"):
+        code, _, err = agent("mount-snapshots", "solr")
+    assert code == 4 and "another snaptastic run holds" in err
+    assert agent.ec2.mutating_calls == 0
+
+
+def test_a_stop_between_steps_leaves_nothing_half_done() -> None:
+    ec2 = FakeEc2()
+    spec = SnapshotterSpec("solr", (VolumeSpec("/dev/sdf", "/mnt/solr", 1),), TAGS)
+    plan = restore.plan_restore(spec, INSTANCE_ID, ZONE, [], [], [])
+    stop = GracefulStop()
+    stop.signum = signal.SIGTERM
+    with pytest.raises(Stopped, match="stopped by SIGTERM after waiting for snapshots"):
+        Restorer(ec2, FakeDevices(ec2), Path("/nonexistent/fstab"), stop=stop).apply(plan)
+    assert ec2.mutating_calls == 0
