@@ -150,10 +150,10 @@ def test_unmount_snapshots_then_detaches_and_marks_the_volumes(agent: Agent) -> 
 def test_clean_deletes_only_expired_beyond_keep_and_never_an_ami_snapshot(agent: Agent) -> None:
     expired = {**TAGS, "expires": "2020-01-01T00:00:00Z"}
     ids = [agent.ec2.add_snapshot("/mnt/solr", {**expired, "snapshot_set": f"s{i}"}, minutes_ago=100 - i) for i in range(5)]
-    for i, sid in enumerate(ids):
+    for i in range(len(ids)):
         agent.ec2.add_snapshot("/mnt/logs", {**expired, "snapshot_set": f"s{i}"}, minutes_ago=100 - i)
     agent.ec2.images[ids[0]] = "ami-1"
-    code, out, _ = agent("clean", "snapshots", "solr", "--keep", "2", "--force")
+    code = agent("clean", "snapshots", "solr", "--keep", "2", "--force")[0]
     assert code == 0
     left = set(agent.ec2.snapshots)
     assert ids[0] in left and set(ids[3:]) <= left and not set(ids[1:3]) & left
