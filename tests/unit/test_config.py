@@ -233,3 +233,22 @@ def test_clean_takes_its_name_after_the_options(capsys: pytest.CaptureFixture[st
     assert "nonexistent.json not found" in capsys.readouterr().err
     assert main(["clean", "snapshots", "--force", "solr", "extra", "--config", "/nonexistent.json"]) == 2
     assert "unrecognized arguments: solr extra" in capsys.readouterr().err
+
+
+def test_the_defaults_have_one_home_that_the_schema_and_the_settings_api_repeat() -> None:
+    from snaptastic_boot import model
+    from snaptastic_boot.config.validation import load_schema
+    from snaptastic_boot.snapshotter import EBSVolume, Snapshotter
+
+    defs = load_schema("config.schema.json")["definitions"]
+    snapshotter, retention, volume = (defs[k]["properties"] for k in ("snapshotter", "retention", "volume"))
+    assert snapshotter["filter_tags"]["default"] == list(model.DEFAULT_FILTER_KEYS)
+    assert snapshotter["pending_snapshot_wait"]["default"] == model.DEFAULT_PENDING_SNAPSHOT_WAIT
+    assert snapshotter["consistent_restore"]["default"] == model.DEFAULT_CONSISTENT_RESTORE
+    assert (retention["days"]["default"], retention["keep"]["default"]) == (model.DEFAULT_EXPIRY_DAYS, model.DEFAULT_KEEP)
+    assert (volume["filesystem"]["default"], volume["volume_type"]["default"], volume["mount_options"]["default"],
+            volume["delete_on_termination"]["default"]) == (model.DEFAULT_FILESYSTEM, model.DEFAULT_VOLUME_TYPE,
+                                                            model.DEFAULT_MOUNT_OPTIONS, model.DEFAULT_DELETE_ON_TERMINATION)
+    assert (Snapshotter.SNAPSHOT_EXPIRY_DAYS, Snapshotter.KEEP_SNAPSHOTS, Snapshotter.PENDING_SNAPSHOT_WAIT) == (
+        model.DEFAULT_EXPIRY_DAYS, model.DEFAULT_KEEP, model.DEFAULT_PENDING_SNAPSHOT_WAIT)
+    assert EBSVolume("/dev/sdf", "/mnt/x").spec() == VolumeSpec("/dev/sdf", "/mnt/x")
