@@ -272,6 +272,15 @@ def pending_limit(mount_point: str, volume_id: str, limit: int, pending: Sequenc
             f"the most EBS allows for it ({limit}); nothing was frozen; the next run tries again once they complete")
 
 
+def fstab_unusable(path: object, why: str) -> str:
+    return (f"{path} cannot be kept byte for byte ({why}); nothing was changed; fix the file or point "
+            "SNAPTASTIC_FSTAB at the real one")
+
+
+def fstab_unwritable(path: object, why: str | None) -> str:
+    return f"cannot write {path}: {why}; the old file is unchanged"
+
+
 def not_mounted(mount_point: str) -> str:
     return f"{mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)"
 

@@ -29,6 +29,7 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
     r = start(build(inputs, tunables, adapters), name)
     ec2, meta = r.ec2, r.ctx.metadata
     with lock.exclusive(r.paths.lock_file):
+        fstab.check(r.paths.fstab)  # before anything changes: the run ends by editing it
         snapshots = ec2.describe_snapshots(tags.snapshot_filters(r.spec))
         found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []
         pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
