@@ -116,6 +116,15 @@ def frozen(
                  window.max_ms, len(window.frozen_at), window.blocked_ms)
 
 
+def thaw_leftovers(mount_points: Sequence[str], mounted: Sequence[str], thaw: Callable[[str], object]) -> list[str]:
+    """Thaw what a killed run (agent and guard both gone) left frozen, before anything else touches it; the
+    mount points that were frozen. Called under the run lock, so it never undoes another run's freeze."""
+    thawed = [mp for mp in mount_points if mp in mounted and thaw(mp)]
+    for mp in thawed:
+        log.warning("%s was left frozen by a run that was killed; thawed it", mp)
+    return thawed
+
+
 def _freeze_all(mount_points: Sequence[str], flush: Callable[[str], None], freeze: Callable[[str], None],
                 window: FreezeWindow, lock: threading.Lock) -> None:
     """Flush every filesystem at once, then, when all are flushed, freeze them all at once, one thread each.

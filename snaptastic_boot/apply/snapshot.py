@@ -69,8 +69,6 @@ class SnapshotMaker:
         for t in plan.targets:
             # The device must still be the volume the snapshot is going to be of.
             self.devices.verify_identity(Path(t.local_device), t.volume_id)
-            # A run killed while frozen leaves the filesystem frozen until someone thaws it: do that first.
-            self.devices.thaw(t.mount_point)
         untagged = [t.volume_id for t in plan.targets if t.missing_tags]
         if untagged:
             # Tags copied from such a volume would not let the next boot find its snapshot, and the agent

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from snaptastic_boot import messages
+from snaptastic_boot.apply.freeze import thaw_leftovers
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.config import userdata as userdata_mod
@@ -130,6 +131,12 @@ class Run:
 def start(ctx: Context, name: str) -> Run:
     snap, spec = ctx.snapshotter(name)
     return Run(ctx, snap, spec, ctx.ec2(), ctx.adapters.devices(ctx.tunables.paths))
+
+
+def recover(run: Run) -> None:
+    """What every command that touches the snapshotter's mount points does first, under the lock."""
+    mounted = [m.mount_point for m in run.devices.mounts()]
+    thaw_leftovers([v.mount_point for v in run.spec.volumes], mounted, run.devices.thaw)
 
 
 def print_json(value: Any) -> None:

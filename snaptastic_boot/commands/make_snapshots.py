@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from snaptastic_boot.apply.snapshot import SnapshotMaker, local_devices
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, show_plan, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start
 from snaptastic_boot.plan import snapshot
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
@@ -13,6 +13,7 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         as_json: bool = False, tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
     r = start(build(inputs, tunables, adapters), name)
     with lock.exclusive(r.paths.lock_file):
+        recover(r)
         instance = r.ec2.describe_instance(r.ctx.metadata.instance_id)
         plan = snapshot.plan_snapshots(r.spec, snapshot.description(r.snapshotter, r.spec), instance,
                                        r.devices.mounts(), local_devices(r.devices, instance), freeze=freeze)

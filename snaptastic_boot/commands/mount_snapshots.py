@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.restore import Restorer
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, show_plan, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start
 from snaptastic_boot.plan import restore
 from snaptastic_boot.system import fstab, lock
 from snaptastic_boot.system.stopping import GracefulStop
@@ -29,6 +29,7 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
     r = start(build(inputs, tunables, adapters), name)
     ec2, meta = r.ec2, r.ctx.metadata
     with lock.exclusive(r.paths.lock_file):
+        recover(r)
         fstab.check(r.paths.fstab)  # before anything changes: the run ends by editing it
         snapshots = ec2.describe_snapshots(tags.snapshot_filters(r.spec))
         found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.unmount import Unmounter
-from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json, show_plan, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, confirm, print_json, recover, show_plan, start
 from snaptastic_boot.plan import snapshot, unmount
 from snaptastic_boot.system import fstab, lock
 from snaptastic_boot.tunables import Tunables
@@ -15,6 +15,7 @@ def run(name: str, inputs: Inputs, *, delete: bool = False, yes: bool = False, d
     r = start(build(inputs, tunables, adapters), name)
     instance_id = r.ctx.metadata.instance_id
     with lock.exclusive(r.paths.lock_file):
+        recover(r)
         fstab.check(r.paths.fstab)  # before anything changes: the run ends by editing it
         ours = r.ec2.describe_volumes(filters=tags.volume_filters(r.spec, instance_id))
         plan = unmount.plan_unmount(r.spec, instance_id, ours, r.devices.mounts(), delete=delete,
