@@ -118,11 +118,15 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_check_backups(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-backups", help="alert when the newest snapshot of a mount point is older than --age")
+    p = sub.add_parser("check-backups", help="alert when the newest backup of a mount point is too old or incomplete")
+    p.add_argument("name", metavar="NAME", nargs="?", help="snapshotter name (default: every configured one)")
     p.add_argument("--age", default="1d", help="maximum age, like 90m, 12h, 1d (default 1d)")
-    p.add_argument("--role")
-    p.add_argument("--cluster")
-    p.add_argument("--environment")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="check the volumes and snapshots with these tags instead of the configured snapshotters "
+                        "(repeatable; runs off EC2 with AWS_REGION)")
+    p.add_argument("--role", help="same as --tag role=ROLE")
+    p.add_argument("--cluster", help="same as --tag cluster=CLUSTER")
+    p.add_argument("--environment", help="same as --tag environment=ENVIRONMENT")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
     p.set_defaults(func=_cmd_check_backups)
@@ -198,7 +202,8 @@ def _cmd_check_backups(args: argparse.Namespace) -> int:
     from snaptastic_boot.commands import check_backups
 
     given = {"role": args.role, "cluster": args.cluster, "environment": args.environment}
-    return check_backups.run(_inputs(args), age=args.age, given=given, as_json=args.json)
+    return check_backups.run(_inputs(args), name=args.name, age=args.age, given=given, tag_args=args.tag,
+                             as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,10 @@ def keep_at_least_one(text: str) -> str:
     return f"'{text}' is not a whole number of at least 1; the newest K snapshots are always kept, and fewer than 1 would let every snapshot go"
 
 
+def bad_tag(value: str) -> str:
+    return f"--tag: '{value}' must look like KEY=VALUE, e.g. --tag service=search"
+
+
 def check_backups_tag_missing(key: str) -> str:
     return f"check-backups: --{key} is needed (not in userdata either)"
 

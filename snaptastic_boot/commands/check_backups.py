@@ -1,6 +1,13 @@
-"""snaptastic check-backups: alert when the newest snapshot of an in-use mount point is older than --age."""
+"""snaptastic check-backups: alert when the newest backup of an in-use mount point is too old or incomplete.
+
+On an instance it checks every configured snapshotter (or the one named) with its own filter tags; with
+explicit tags (`--tag KEY=VALUE`, or all of --role/--cluster/--environment) it runs off EC2 too, in the
+region of AWS_REGION.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from snaptastic_boot import messages, tags
 from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json
@@ -9,27 +16,37 @@ from snaptastic_boot.plan import backups
 from snaptastic_boot.tunables import Tunables
 
 
-def run(inputs: Inputs, *, age: str = "1d", given: dict[str, str] | None = None, as_json: bool = False,
-        tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
+def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict[str, str | None] | None = None,
+        tag_args: Sequence[str] = (), as_json: bool = False, tunables: Tunables | None = None,
+        adapters: Adapters | None = None) -> int:
     tunables = tunables or Tunables.from_env()
     adapters = adapters or Adapters.default()
     max_age = backups.parse_age(age)
-    given = {k: v for k, v in (given or {}).items() if v}
-    if len(given) < len(tags.IDENTITY_KEYS):
-        ctx = build(inputs, tunables, adapters)
-        wanted = {**{k: ctx.userdata.get(k) for k in tags.IDENTITY_KEYS}, **given}
-        region = ctx.metadata.region
-    else:
-        # All tags given: this may run on a monitoring host, where the standard region variables say where.
-        wanted = dict(given)
+    shorthand = {k: v for k, v in (given or {}).items() if v}
+    explicit = {**shorthand, **backups.parse_tags(tag_args)}
+    groups: list[tuple[str, dict[str, str]]]
+    if tag_args or len(shorthand) == len(tags.IDENTITY_KEYS):
+        # Tags given: this may run on a monitoring host, where the standard region variables say where.
+        groups = [("", explicit)]
         region = tunables.region or adapters.imds(tunables).instance_metadata().region
-    missing = [k for k, v in wanted.items() if not v]
-    if missing:
-        raise BadInput(messages.check_backups_tag_missing(missing[0]))
+    else:
+        ctx = build(inputs, tunables, adapters)
+        region = ctx.metadata.region
+        names = [name] if name else ctx.settings.names
+        if shorthand or not names:
+            identity = {**{k: ctx.userdata.get(k) for k in tags.IDENTITY_KEYS}, **shorthand}
+            missing = [k for k, v in identity.items() if not v]
+            if missing:
+                raise BadInput(messages.check_backups_tag_missing(missing[0]))
+            groups = [("", {k: str(v) for k, v in identity.items()})]
+        else:
+            groups = [(n, ctx.snapshotter(n)[1].filter_tags) for n in names]
     ec2 = adapters.ec2(region, tunables)
-    filters = tags.tag_filters({k: str(v) for k, v in wanted.items()})
-    result = backups.evaluate(ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}]),
-                              ec2.describe_snapshots(filters), max_age)
+    result: list[backups.Freshness] = []
+    for label, wanted in groups:
+        filters = tags.tag_filters(wanted)
+        in_use = ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}])
+        result += backups.evaluate(in_use, ec2.describe_snapshots(filters), max_age, snapshotter=label)
     if as_json:
         print_json([r.as_dict() for r in result])
     else:
