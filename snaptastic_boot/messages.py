@@ -266,6 +266,11 @@ def wrong_volume(path: object, found: str | None, volume_id: str) -> str:
     return f"{path} is volume {found}, not {volume_id}; refusing to touch it"
 
 
+def device_taken(mount_point: str, device: str, volume_id: str) -> str:
+    return (f"{mount_point}: device {device} is already in use on this instance by {volume_id}, which is not this "
+            "snapshotter's volume for it; choose another device in the config (/dev/sdf to /dev/sdp)")
+
+
 def no_complete_set(mount_point: str, snapshotter: str) -> str:
     return (f"{mount_point}: no complete snapshot set of snapshotter '{snapshotter}' to restore it from (see the "
             "warnings above); restore a chosen snapshot with --snapshot MOUNT=SNAP_ID, or set consistent_restore false")

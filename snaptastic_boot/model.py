@@ -136,7 +136,7 @@ def volume_problems(volumes: Iterable[VolumeSpec], where: str = "volumes") -> li
         at = f"{where}[{i}]"
         problems += [(f"{at}.{key}", msg) for key, msg in _one_volume(v)]
         mount = posixpath.normpath(v.mount_point) if v.mount_point.startswith("/") else v.mount_point
-        for key, value, seen in (("mount_point", mount, seen_mounts), ("device", _canonical_device(v.device), seen_devices)):
+        for key, value, seen in (("mount_point", mount, seen_mounts), ("device", canonical_device(v.device), seen_devices)):
             if value in seen:
                 problems.append((f"{at}.{key}", f"duplicate of {where}[{seen[value]}].{key}; give each volume its own"))
             else:
@@ -147,8 +147,24 @@ def volume_problems(volumes: Iterable[VolumeSpec], where: str = "volumes") -> li
     return problems
 
 
-def _canonical_device(device: str) -> str:
+def canonical_device(device: str) -> str:
+    """`/dev/xvdf` and `/dev/sdf` name the same attachment point."""
     return device.replace("/dev/xvd", "/dev/sd", 1)
+
+
+def clash_problems(volumes_by_snapshotter: dict[str, Iterable[VolumeSpec]], name: str | None = None) -> list[tuple[str, str]]:
+    """A device or mount point that two snapshotters both claim (only those of `name`, when given): the
+    second would attach over the first, or adopt and snapshot the first one's volume."""
+    owners: dict[tuple[str, str], str] = {}
+    problems: list[tuple[str, str]] = []
+    for snapshotter in sorted(volumes_by_snapshotter):
+        for v in volumes_by_snapshotter[snapshotter]:
+            for key, value in (("device", canonical_device(v.device)), ("mount_point", posixpath.normpath(v.mount_point))):
+                first = owners.setdefault((key, value), snapshotter)
+                if first != snapshotter and name in (None, first, snapshotter):
+                    problems.append((f"snapshotters.{snapshotter}.volumes.{key}",
+                                     f"{value} is also used by snapshotter '{first}'; give each snapshotter its own"))
+    return problems
 
 
 def _one_volume(v: VolumeSpec) -> list[tuple[str, str]]:

@@ -19,8 +19,8 @@ from snaptastic_boot.apply.freeze import thaw_leftovers
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.config import userdata as userdata_mod
-from snaptastic_boot.errors import BadInput
-from snaptastic_boot.model import SnapshotterSpec
+from snaptastic_boot.errors import BadInput, ValidationFailed
+from snaptastic_boot.model import SnapshotterSpec, VolumeSpec, clash_problems
 from snaptastic_boot.snapshotter import Snapshotter
 from snaptastic_boot.system.imds import ImdsClient, InstanceMetadata
 from snaptastic_boot.system.interfaces import DeviceAdapter, Ec2Api
@@ -128,8 +128,22 @@ class Run:
         return self.ctx.tunables.paths
 
 
+def clashes(ctx: Context, name: str | None = None) -> list[tuple[str, str]]:
+    """Devices or mount points that two configured snapshotters claim (those involving `name`, when given)."""
+    found: dict[str, list[VolumeSpec]] = {}
+    for other in ctx.settings.names:
+        try:
+            found[other] = [v.spec() for v in ctx.settings.snapshotter(other, ctx.userdata, ctx.metadata.as_dict()).get_volumes()]
+        except Exception:
+            continue
+    return clash_problems(found, name)
+
+
 def start(ctx: Context, name: str) -> Run:
     snap, spec = ctx.snapshotter(name)
+    problems = clashes(ctx, name)
+    if problems:
+        raise ValidationFailed("config", problems)
     return Run(ctx, snap, spec, ctx.ec2(), ctx.adapters.devices(ctx.tunables.paths))
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from snaptastic_boot import tags
 from snaptastic_boot.apply.restore import Restorer
 from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start
+from snaptastic_boot.model import canonical_device
 from snaptastic_boot.plan import restore
 from snaptastic_boot.system import fstab, lock
 from snaptastic_boot.system.stopping import GracefulStop
@@ -35,8 +36,11 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
         found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []
         pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
         ours = ec2.describe_volumes(filters=tags.volume_filters(r.spec, meta.instance_id))
+        instance = ec2.describe_instance(meta.instance_id)
+        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"]
+                    for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")}
         plan = restore.plan_restore(r.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
-                                    r.devices.mounts(), pinned=pinned, before=before_time)
+                                    r.devices.mounts(), pinned=pinned, before=before_time, occupied=occupied)
         if dry_run:
             return show_plan(plan, as_json, fstab_line=fstab_preview)
         for note in plan.notes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from snaptastic_boot import messages
-from snaptastic_boot.commands.context import Adapters, Context, Inputs, load_settings
+from snaptastic_boot.commands.context import Adapters, Context, Inputs, clashes, load_settings
 from snaptastic_boot.config import userdata as userdata_mod
 from snaptastic_boot.errors import AwsError, BadInput, EnvironmentNotUsable, SnaptasticError
 from snaptastic_boot.tunables import Tunables
@@ -48,6 +48,9 @@ def run(inputs: Inputs, tunables: Tunables | None = None, adapters: Adapters | N
         except BadInput as exc:
             print(f"  {name}: PROBLEM: {exc}")
             problems.append(name)
+    for path, message in clashes(ctx):
+        print(f"  {path}: PROBLEM: {message}")
+        problems.append(path.split(".")[1])
     try:
         instance = ctx.ec2().describe_instance(metadata.instance_id)
         print(f"credentials: ok (EC2 in {metadata.region} sees {instance['InstanceId']}, {instance.get('State', {}).get('Name', '?')})")

@@ -16,7 +16,7 @@ from typing import Any
 
 from snaptastic_boot import messages, tags, times
 from snaptastic_boot.errors import BadInput, OperationFailed, UnsafeOperation
-from snaptastic_boot.model import GONE_STATES, Mount, SnapshotterSpec, VolumeSpec, attachment
+from snaptastic_boot.model import GONE_STATES, Mount, SnapshotterSpec, VolumeSpec, attachment, canonical_device
 from snaptastic_boot.plan import sets
 
 log = logging.getLogger("snaptastic.restore")
@@ -221,9 +221,12 @@ def plan_restore(
     mounts: Sequence[Mount],
     pinned: dict[str, dict[str, Any]] | None = None,
     before: dt.datetime | None = None,
+    occupied: dict[str, str] | None = None,
 ) -> RestorePlan:
-    """Decide, per configured volume, whether to keep, mount, attach or create, and from which snapshot."""
+    """Decide, per configured volume, whether to keep, mount, attach or create, and from which snapshot.
+    `occupied` maps the instance's attachment points (canonical device names) to the volumes in them."""
     sources = choose_sources(spec, snapshots, pinned or {}, before)
+    occupied = occupied or {}
     mounted_at = {m.mount_point: m for m in mounts}
     steps: list[VolumeStep] = []
     fallback: list[VolumeStep] = []
@@ -240,6 +243,8 @@ def plan_restore(
                 action = Action.MOUNT
             else:
                 action = Action.ATTACH
+            if action == Action.ATTACH:
+                _check_free(v.mount_point, device, existing["VolumeId"], occupied)
             steps.append(VolumeStep(v.mount_point, device, action, v, volume_id=existing["VolumeId"],
                                     size=int(existing.get("Size", v.size)),
                                     format_if_blank=not existing.get("SnapshotId")))
@@ -247,6 +252,7 @@ def plan_restore(
         if v.mount_point in mounted_at:
             m = mounted_at[v.mount_point]
             raise UnsafeOperation(messages.mounted_not_ours(v.mount_point, m.source))
+        _check_free(v.mount_point, v.device, None, occupied)
         if v.mount_point in sources.unrestorable:
             raise OperationFailed(messages.no_complete_set(v.mount_point, spec.name))
         steps.append(_create(v, sources.snapshots.get(v.mount_point)))
@@ -256,6 +262,14 @@ def plan_restore(
     return RestorePlan(spec.name, instance_id, availability_zone, tuple(steps), dict(spec.filter_tags), wait_for,
                        spec.pending_snapshot_wait, snapshot_set=sources.snapshot_set,
                        fallback=tuple(fallback) if wait_for else (), notes=sources.notes)
+
+
+def _check_free(mount_point: str, device: str, volume_id: str | None, occupied: dict[str, str]) -> None:
+    """Refuse before anything is created when another volume (the root volume, or one the agent did not make
+    for this mount point) holds the attachment point; EC2 would refuse the attach after the create."""
+    holder = occupied.get(canonical_device(device))
+    if holder is not None and holder != volume_id:
+        raise BadInput(messages.device_taken(mount_point, device, holder))
 
 
 def _create(v: VolumeSpec, snap: dict[str, Any] | None) -> VolumeStep:
