@@ -108,6 +108,15 @@ class Probe:
         return not self.fstype and not self.pttype
 
 
+# A filesystem smaller than its volume by more than this is grown: EBS sizes come in whole GiB, and a
+# filesystem that fills its device leaves less than this unused.
+GROW_MARGIN = 64 * 1024 * 1024
+
+
+def needs_grow(filesystem_bytes: int | None, device_bytes: int) -> bool:
+    return filesystem_bytes is not None and device_bytes - filesystem_bytes > GROW_MARGIN
+
+
 # -- EC2 resources as DescribeVolumes returns them ------------------------------------------------------------
 
 GONE_STATES = ("deleting", "deleted", "error")

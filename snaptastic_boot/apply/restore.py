@@ -18,7 +18,7 @@ from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.apply.parallel import run_all
 from snaptastic_boot.errors import CommandError, OperationFailed, UnsafeOperation, WaitTimeout
-from snaptastic_boot.model import attachment_state
+from snaptastic_boot.model import attachment_state, needs_grow
 from snaptastic_boot.plan.restore import Action, RestorePlan, SnapshotChoice, VolumeStep, create_volume_params
 from snaptastic_boot.system import fstab
 from snaptastic_boot.system.interfaces import DeviceAdapter, Ec2Api
@@ -234,15 +234,7 @@ class Restorer:
                             step.mount_point, ", ".join(hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
             log.info("mounting %s (%s) on %s", path, volume_id, step.mount_point)
             self.devices.mount(path, step.mount_point, str(fstype), options)
-        if step.grow:
-            log.info("growing the filesystem on %s to %d GiB", step.mount_point, step.size)
-            try:
-                self.devices.grow(path, step.mount_point, str(fstype))
-                result.grown = True
-            except CommandError as exc:
-                # The data is mounted and safe at its old size; a refused grow (online ext4 resize needs
-                # CAP_SYS_RESOURCE, which some containers drop) must not fail the boot.
-                log.warning("%s: could not grow the filesystem, it keeps its old size: %s", step.mount_point, exc)
+        self._grow_if_smaller(work, path, str(fstype), result)
         self._fstypes[step.mount_point] = str(fstype)
 
     def _check_mounted(self, work: Work, result: VolumeResult) -> None:
@@ -255,6 +247,22 @@ class Restorer:
         result.local_device = str(path)
         result.uuid = self.devices.probe(path).uuid or ""
         self._fstypes[step.mount_point] = mount.fstype
+        self._grow_if_smaller(work, path, mount.fstype, result)
+
+    def _grow_if_smaller(self, work: Work, path: Path, fstype: str, result: VolumeResult) -> None:
+        """Grow a filesystem smaller than its volume: one restored to a larger size, or one whose earlier grow
+        was refused, whatever run finds it."""
+        if not needs_grow(self.devices.fs_size(path, fstype), self.devices.device_size(path)):
+            return
+        mp = work.mount_point
+        log.info("growing the filesystem on %s to fill %s", mp, work.volume_id)
+        try:
+            self.devices.grow(path, mp, fstype)
+            result.grown = True
+        except CommandError as exc:
+            # The data is mounted and safe at its old size; a refused grow (online ext4 resize needs
+            # CAP_SYS_RESOURCE, which some containers drop) must not fail the boot. The next run tries again.
+            log.warning("%s: could not grow the filesystem, it keeps its old size until a later run grows it: %s", mp, exc)
 
     def _write_fstab(self, work: list[Work], results: dict[str, VolumeResult]) -> bool:
         old = fstab.read(self.fstab_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 from snaptastic_boot import messages
@@ -107,6 +108,32 @@ class BlockDevices:
         label = ["-L", volume_id.replace("vol-", "")[:12]]
         argv = {"ext4": ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1"], "xfs": ["mkfs.xfs", "-q"]}[fstype]
         run([*argv, *label, str(path)], timeout=600)
+
+    @staticmethod
+    def device_size(path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def fs_size(path: Path, fstype: str) -> int | None:
+        """The size the filesystem itself records in its superblock, in bytes (None when it is not one we read)."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2048)
+        except OSError as exc:
+            raise OperationFailed(messages.cannot("read", path, exc.strerror)) from exc
+        if fstype in ("ext4", "ext3", "ext2") and head[1024 + 0x38:1024 + 0x3A] == b"\x53\xef":
+            sb = head[1024:]
+            blocks = struct.unpack_from("<I", sb, 4)[0]
+            if struct.unpack_from("<I", sb, 0x60)[0] & 0x80:  # 64bit: the high half of the block count
+                blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
+            return blocks * (1024 << struct.unpack_from("<I", sb, 24)[0])
+        if fstype == "xfs" and head[:4] == b"XFSB":
+            return int(struct.unpack_from(">I", head, 4)[0] * struct.unpack_from(">Q", head, 8)[0])
+        return None
 
     @staticmethod
     def grow(path: Path, mount_point: str, fstype: str) -> None:

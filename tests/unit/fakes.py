@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot.errors import AwsError, UnsafeOperation
+from snaptastic_boot.errors import AwsError, CommandError, UnsafeOperation
 from snaptastic_boot.model import Mount, Probe
 from snaptastic_boot.system.imds import InstanceMetadata
 
@@ -63,6 +63,7 @@ class Disk:
     fstype: str | None = None
     uuid: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    size_gib: int | None = None  # the filesystem's own size, once it has one
 
 
 @dataclass
@@ -101,7 +102,7 @@ class FakeEc2:
         self.snapshots[sid] = {"SnapshotId": sid, "State": state, "StartTime": start, "VolumeSize": size,
                                "VolumeId": "vol-ffffffff", "Tags": []}
         _set_tags(self.snapshots[sid], {**tags, "mount_point": mount_point})
-        self.disks[sid] = Disk("ext4", str(uuid.uuid4()), dict(files or {}))
+        self.disks[sid] = Disk("ext4", str(uuid.uuid4()), dict(files or {}), size)
         return sid
 
     def attached(self, instance_id: str = INSTANCE_ID) -> list[dict[str, Any]]:
@@ -150,7 +151,7 @@ class FakeEc2:
             _set_tags(volume, {t["Key"]: t["Value"] for t in spec["Tags"]})
         self.volumes[vid] = volume
         source = self.disks.get(snapshot or "")
-        self.disks[vid] = Disk(source.fstype, source.uuid, dict(source.files)) if source else Disk()
+        self.disks[vid] = Disk(source.fstype, source.uuid, dict(source.files), source.size_gib) if source else Disk()
         if token:
             self.tokens[token] = vid
         return dict(volume)
@@ -189,7 +190,7 @@ class FakeEc2:
         _set_tags(snap, tags)
         self.snapshots[sid] = snap
         disk = self.disks[volume["VolumeId"]]
-        self.disks[sid] = Disk(disk.fstype, disk.uuid, dict(disk.files))
+        self.disks[sid] = Disk(disk.fstype, disk.uuid, dict(disk.files), disk.size_gib)
         return dict(snap)
 
     def create_snapshots(self, instance_id: str, exclude_volume_ids: Sequence[str], tags: dict[str, str],
@@ -243,6 +244,7 @@ class FakeDevices:
     table: dict[str, Mount] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
+    refuse_grow: set[str] = field(default_factory=set)  # mount points whose grow fails, as without CAP_SYS_RESOURCE
 
     def _volume_of(self, path: Path) -> str:
         return path.name
@@ -267,10 +269,21 @@ class FakeDevices:
         if disk.fstype or disk.files:
             raise UnsafeOperation(f"{path} is not blank")
         disk.fstype, disk.uuid = fstype, str(uuid.uuid4())
+        disk.size_gib = self.ec2.volumes[volume_id]["Size"]
         self.events.append(f"mkfs {volume_id}")
 
     def grow(self, path: Path, mount_point: str, fstype: str) -> None:
+        if mount_point in self.refuse_grow:
+            raise CommandError(["resize2fs", str(path)], 1, "", "Permission denied to resize filesystem")
+        self.ec2.disks[self._volume_of(path)].size_gib = self.ec2.volumes[self._volume_of(path)]["Size"]
         self.events.append(f"grow {mount_point}")
+
+    def device_size(self, path: Path) -> int:
+        return int(self.ec2.volumes[self._volume_of(path)]["Size"]) << 30
+
+    def fs_size(self, path: Path, fstype: str) -> int | None:
+        size = self.ec2.disks[self._volume_of(path)].size_gib
+        return None if size is None else size << 30
 
     def mounts(self) -> list[Mount]:
         return [Mount("/", "/dev/xvda1", "ext4", "202:1", "rw"), *self.table.values()]

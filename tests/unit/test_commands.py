@@ -217,3 +217,21 @@ def test_a_stop_between_steps_leaves_nothing_half_done() -> None:
     with pytest.raises(Stopped, match="stopped by SIGTERM after waiting for snapshots"):
         Restorer(ec2, FakeDevices(ec2), Path("/nonexistent/fstab"), stop=stop).apply(plan)
     assert ec2.mutating_calls == 0
+
+
+def test_a_refused_grow_is_tried_again_by_every_later_run_until_it_works(agent: Agent) -> None:
+    agent.configure()
+    for mp in MOUNTS:
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, size=1)
+    agent.config.write_text(agent.config.read_text().replace('"size": 1', '"size": 3'))
+    agent.devices.refuse_grow.add("/mnt/solr")
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 0 and err.count("could not grow the filesystem") == 1
+    assert "grow /mnt/logs" in agent.devices.events
+    code, _, err = agent("mount-snapshots", "solr")  # a reboot: mounted, still small
+    assert code == 0 and err.count("could not grow the filesystem") == 1
+    agent.devices.refuse_grow.clear()
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert "grow /mnt/solr" in agent.devices.events
+    agent.devices.events.clear()
+    assert agent("mount-snapshots", "solr")[0] == 0 and not agent.devices.events  # filled: nothing to do
