@@ -252,9 +252,9 @@ class Restorer:
     def _grow_if_smaller(self, work: Work, path: Path, fstype: str, result: VolumeResult) -> None:
         """Grow a filesystem smaller than its volume: one restored to a larger size, or one whose earlier grow
         was refused, whatever run finds it."""
-        if not needs_grow(self.devices.fs_size(path, fstype), self.devices.device_size(path)):
-            return
         mp = work.mount_point
+        if not needs_grow(self.devices.fs_size(path, mp, fstype), self.devices.device_size(path)):
+            return
         log.info("growing the filesystem on %s to fill %s", mp, work.volume_id)
         try:
             self.devices.grow(path, mp, fstype)

@@ -6,6 +6,7 @@ volume id without the dash. Every path comes from `Paths`, every program runs th
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import struct
@@ -118,8 +119,13 @@ class BlockDevices:
             os.close(fd)
 
     @staticmethod
-    def fs_size(path: Path, fstype: str) -> int | None:
-        """The size the filesystem itself records in its superblock, in bytes (None when it is not one we read)."""
+    def fs_size(path: Path, mount_point: str, fstype: str) -> int | None:
+        """The size the mounted filesystem has, in bytes (None when it is not one we know how to read).
+
+        ext4 keeps it in its superblock, which the kernel writes through the device's own cache; a mounted
+        xfs answers XFS_IOC_FSGEOMETRY (its on-disk superblock may lag behind its log)."""
+        if fstype == "xfs":
+            return _xfs_size(mount_point)
         try:
             with open(path, "rb") as f:
                 head = f.read(2048)
@@ -130,9 +136,7 @@ class BlockDevices:
             blocks = struct.unpack_from("<I", sb, 4)[0]
             if struct.unpack_from("<I", sb, 0x60)[0] & 0x80:  # 64bit: the high half of the block count
                 blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
-            return blocks * (1024 << struct.unpack_from("<I", sb, 24)[0])
-        if fstype == "xfs" and head[:4] == b"XFSB":
-            return int(struct.unpack_from(">I", head, 4)[0] * struct.unpack_from(">Q", head, 8)[0])
+            return int(blocks * (1024 << struct.unpack_from("<I", sb, 24)[0]))
         return None
 
     @staticmethod
@@ -148,3 +152,22 @@ def _is_block(path: Path) -> bool:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+XFS_IOC_FSGEOMETRY_V1 = 0x80705864  # _IOR('X', 100, struct xfs_fsop_geom_v1), 112 bytes
+
+
+def _xfs_size(mount_point: str) -> int | None:
+    try:
+        fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OperationFailed(messages.cannot("read", mount_point, exc.strerror)) from exc
+    try:
+        geometry = bytearray(112)
+        fcntl.ioctl(fd, XFS_IOC_FSGEOMETRY_V1, geometry)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    block_size, data_blocks = struct.unpack_from("<I", geometry, 0)[0], struct.unpack_from("<Q", geometry, 32)[0]
+    return int(block_size * data_blocks)

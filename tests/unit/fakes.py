@@ -281,7 +281,7 @@ class FakeDevices:
     def device_size(self, path: Path) -> int:
         return int(self.ec2.volumes[self._volume_of(path)]["Size"]) << 30
 
-    def fs_size(self, path: Path, fstype: str) -> int | None:
+    def fs_size(self, path: Path, mount_point: str, fstype: str) -> int | None:
         size = self.ec2.disks[self._volume_of(path)].size_gib
         return None if size is None else size << 30
 
