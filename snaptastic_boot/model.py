@@ -156,6 +156,15 @@ def volume_problems(volumes: Iterable[VolumeSpec], where: str = "volumes") -> li
     return problems
 
 
+def reuse_problems(spec: SnapshotterSpec) -> list[tuple[str, str]]:
+    """Reusing a replaced instance's volumes needs them to outlive it."""
+    if not spec.reuse_volumes:
+        return []
+    return [(f"snapshotters.{spec.name}.volumes[{i}].delete_on_termination",
+             "must be false with reuse_volumes: a volume deleted with its instance cannot be reattached by the next")
+            for i, v in enumerate(spec.volumes) if v.delete_on_termination]
+
+
 def canonical_device(device: str) -> str:
     """`/dev/xvdf` and `/dev/sdf` name the same attachment point."""
     return device.replace("/dev/xvd", "/dev/sd", 1)

@@ -90,6 +90,9 @@ class Snapshotter:
     SNAPSHOT_DESCRIPTION_FORMAT: ClassVar[str] = model.DEFAULT_DESCRIPTION_FORMAT
     # False when the mount points are unrelated and may be restored from different points in time.
     CONSISTENT_RESTORE: ClassVar[bool] = model.DEFAULT_CONSISTENT_RESTORE
+    # True: at boot, first reattach the volumes a replaced instance left in this zone (needs
+    # delete_on_termination=False on every volume).
+    REUSE_VOLUMES: ClassVar[bool] = model.DEFAULT_REUSE_VOLUMES
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -171,6 +174,7 @@ class Snapshotter:
             pending_snapshot_wait=self.PENDING_SNAPSHOT_WAIT,
             description_format=self.SNAPSHOT_DESCRIPTION_FORMAT,
             consistent_restore=self.CONSISTENT_RESTORE,
+            reuse_volumes=self.REUSE_VOLUMES,
         )
 
 
@@ -202,4 +206,5 @@ class ConfiguredSnapshotter(Snapshotter):
             retention=Retention(days=retention.get("days", self.SNAPSHOT_EXPIRY_DAYS), keep=retention.get("keep", self.KEEP_SNAPSHOTS)),
             pending_snapshot_wait=self.entry.get("pending_snapshot_wait", self.PENDING_SNAPSHOT_WAIT),
             consistent_restore=self.entry.get("consistent_restore", self.CONSISTENT_RESTORE),
+            reuse_volumes=self.entry.get("reuse_volumes", self.REUSE_VOLUMES),
         )

@@ -131,8 +131,10 @@ def test_destructive_actions_need_the_agents_tag():
 
 
 def test_tags_only_at_creation_or_the_detached_mark():
-    """CreateTags could otherwise put a mount_point tag on anything and so make it deletable."""
-    from snaptastic_boot.tags import DETACHED as DETACHED_TAG
+    """CreateTags could otherwise put a mount_point tag on anything and so make it deletable. On existing
+    volumes it may only mark them detached, or retag a reattached one's instance_id, and only where they
+    already carry a mount_point."""
+    from snaptastic_boot.tags import DETACHED, INSTANCE_ID
 
     for statement in _statements():
         if "ec2:CreateTags" not in _as_list(statement["Action"]):
@@ -141,7 +143,7 @@ def test_tags_only_at_creation_or_the_detached_mark():
         if "StringEquals" in condition:
             assert set(condition["StringEquals"]["ec2:CreateAction"]) <= {"CreateVolume", "CreateSnapshot", "CreateSnapshots"}
         else:
-            assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": [DETACHED_TAG]}, statement["Sid"]
+            assert condition["ForAllValues:StringEquals"] in ({"aws:TagKeys": [DETACHED]}, {"aws:TagKeys": [INSTANCE_ID]}), statement["Sid"]
             assert condition["Null"] == {"ec2:ResourceTag/mount_point": "false", "aws:TagKeys": "false"}
             assert _as_list(statement["Resource"]) == ["arn:aws:ec2:*:*:volume/*"]
 

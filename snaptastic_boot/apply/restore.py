@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from snaptastic_boot import messages, times
+from snaptastic_boot import messages, tags, times
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.apply.parallel import run_all
-from snaptastic_boot.errors import CommandError, OperationFailed, UnsafeOperation, WaitTimeout
+from snaptastic_boot.errors import AwsError, CommandError, OperationFailed, UnsafeOperation, WaitTimeout
 from snaptastic_boot.model import attachment_state, needs_grow
 from snaptastic_boot.plan.restore import Action, RestorePlan, SnapshotChoice, VolumeStep, create_volume_params
 from snaptastic_boot.system import fstab
@@ -30,6 +30,8 @@ VOLUME_WAIT = 300.0
 ATTACH_WAIT = 120.0
 DEVICE_WAIT = 60.0
 MOUNTABLE = ("ext4", "xfs", "ext3", "ext2", "btrfs")
+# AttachVolume's answers when another instance attached the volume first.
+LOST_RACE = ("VolumeInUse", "IncorrectState", "InvalidVolume.NotFound")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,11 @@ class Restorer:
         started = time.monotonic()
         mount_points = [s.mount_point for s in plan.steps]
         self.hooks.before("mount", mount_points)
-        steps = self._wait_for_pending(plan, list(plan.steps)) if plan.wait_pending else list(plan.steps)
+        taken = self._take_leftovers(plan) if plan.reuse else None
+        if taken is not None:
+            steps = list(taken)
+        else:
+            steps = self._wait_for_pending(plan, list(plan.steps)) if plan.wait_pending else list(plan.steps)
         results = {s.mount_point: VolumeResult(s.mount_point, s.volume_id or "", s.device, action=s.action.value,
                                                snapshot_id=s.snapshot.snapshot_id if s.snapshot else None)
                    for s in steps}
@@ -111,10 +117,42 @@ class Restorer:
             results[mp].volume_id = volume_id
         return [Work(s, created[s.mount_point] if s.action == Action.CREATE else s.volume_id or "") for s in steps]
 
+    def _take_leftovers(self, plan: RestorePlan) -> tuple[VolumeStep, ...] | None:
+        """Attach the first group of volumes a replaced instance left that this run can take whole; None when
+        other agents took them all first (the snapshots are used then)."""
+        for group in plan.reuse:
+            attached: list[VolumeStep] = []
+            try:
+                for step in group:  # one at a time, in the plan's order: two racing agents fight over the first
+                    self.ec2.attach_volume(step.volume_id or "", plan.instance_id, step.device)
+                    attached.append(step)
+            except AwsError as exc:
+                if exc.code not in LOST_RACE:
+                    self._give_back(attached)
+                    raise
+                log.warning("%s was taken by another instance first (%s); %s", step.volume_id, exc.code,
+                            "trying the next volumes left behind" if group is not plan.reuse[-1] else "restoring from snapshots")
+                self._give_back(attached)
+                continue
+            ids = [s.volume_id or "" for s in group]
+            self.ec2.create_tags(ids, {tags.INSTANCE_ID: plan.instance_id})
+            log.info("reattached %s, left by a replaced instance", ", ".join(f"{s.volume_id} for {s.mount_point}" for s in group))
+            return group
+        return None
+
+    def _give_back(self, attached: list[VolumeStep]) -> None:
+        """Undo this run's part of a group it could not take whole, so that the winner can have it."""
+        for step in attached:
+            self.ec2.detach_volume(step.volume_id or "")
+        if attached:
+            waits.until("volumes given back", [s.volume_id or "" for s in attached], self._volume_states,
+                        lambda v: v["State"] == "available", limit=waits.bound(ATTACH_WAIT, self.wait_timeout))
+
     def _attach_all(self, plan: RestorePlan, work: list[Work]) -> None:
         to_attach = [w for w in work if w.step.action in (Action.CREATE, Action.ATTACH)]
+        reattached = [w for w in work if w.step.action == Action.REATTACH]
         # Attachments an earlier run started and that have not completed yet are waited for with the new ones.
-        to_wait = to_attach + [w for w in work if w.step.action == Action.AWAIT_ATTACHMENT]
+        to_wait = to_attach + reattached + [w for w in work if w.step.action == Action.AWAIT_ATTACHMENT]
         if to_attach:
             waits.until("volumes available", [w.volume_id for w in to_attach], self._volume_states,
                         lambda v: v["State"] == "available", failed=waits.volume_gone, label=_labeller(to_attach),
@@ -125,9 +163,9 @@ class Restorer:
             waits.until("volumes attached", [w.volume_id for w in to_wait], self._volume_states,
                         lambda v: attachment_state(v, plan.instance_id) == "attached", failed=waits.volume_gone,
                         label=_labeller(to_wait), limit=waits.bound(ATTACH_WAIT, self.wait_timeout))
-        if to_attach:
-            self.ec2.set_delete_on_termination(plan.instance_id,
-                                               {w.step.device: w.step.spec.delete_on_termination for w in to_attach})
+        if to_attach or reattached:
+            self.ec2.set_delete_on_termination(plan.instance_id, {w.step.device: w.step.spec.delete_on_termination
+                                                                  for w in to_attach + reattached})
 
     def _mount_all(self, work: list[Work], results: dict[str, VolumeResult]) -> None:
         pending = [w for w in work if w.step.action != Action.MOUNTED]

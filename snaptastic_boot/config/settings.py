@@ -15,7 +15,7 @@ import importlib.util
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from snaptastic_boot import messages
 from snaptastic_boot.config.userdata import validate_keys
 from snaptastic_boot.config.validation import load_schema, validate
 from snaptastic_boot.errors import BadInput, ConfigError, ValidationFailed
-from snaptastic_boot.model import SnapshotterSpec, volume_problems
+from snaptastic_boot.model import SnapshotterSpec, reuse_problems, volume_problems
 from snaptastic_boot.snapshotter import REGISTRY, ConfiguredSnapshotter, Snapshotter
 
 log = logging.getLogger("snaptastic.settings")
@@ -124,6 +124,9 @@ def load_json_config(path: Path) -> dict[str, dict[str, Any]]:
     for name, entry in entries.items():
         snap = ConfiguredSnapshotter(name, entry)
         problems = volume_problems([v.spec() for v in snap.get_volumes()], where=f"snapshotters.{name}.volumes")
+        if entry.get("reuse_volumes"):
+            problems += reuse_problems(replace(SnapshotterSpec(name, tuple(v.spec() for v in snap.get_volumes()), {}),
+                                               reuse_volumes=True))
         if problems:
             raise ValidationFailed("config", problems)
     return entries
@@ -142,7 +145,7 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
         raise BadInput(messages.filter_tags_with_mount_point(spec.name))
     if not isinstance(snapshotter, ConfiguredSnapshotter):
         _validate_settings_values(type(snapshotter).__name__, spec)
-    problems = volume_problems(spec.volumes, where=f"snapshotter '{spec.name}' volumes")
+    problems = volume_problems(spec.volumes, where=f"snapshotter '{spec.name}' volumes") + reuse_problems(spec)
     if problems:
         raise ValidationFailed("settings", problems)
     if not spec.volumes:
@@ -152,7 +155,8 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
 
 # The settings-file names of the values the JSON config calls otherwise, for messages that name what the user wrote.
 _SETTINGS_NAMES = {"retention.days": "SNAPSHOT_EXPIRY_DAYS", "retention.keep": "KEEP_SNAPSHOTS",
-                   "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT", "consistent_restore": "CONSISTENT_RESTORE"}
+                   "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT", "consistent_restore": "CONSISTENT_RESTORE",
+                   "reuse_volumes": "REUSE_VOLUMES"}
 
 
 def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
@@ -163,6 +167,7 @@ def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
         "retention": {"days": spec.retention.days, "keep": spec.retention.keep},
         "pending_snapshot_wait": spec.pending_snapshot_wait,
         "consistent_restore": spec.consistent_restore,
+        "reuse_volumes": spec.reuse_volumes,
     }
     schema = load_schema("config.schema.json")
     try:

@@ -30,6 +30,7 @@ class Action(str, Enum):
     AWAIT_ATTACHMENT = "await-attachment"  # an earlier run's attachment is still in progress: wait for it
     MOUNT = "mount"  # attached, not mounted
     MOUNTED = "mounted"  # nothing to do
+    REATTACH = "reattach"  # a volume a replaced instance left behind: attach it as it is, retag it ours
 
     def __str__(self) -> str:
         return self.value
@@ -65,6 +66,8 @@ class VolumeStep:
             what = f"wait for the attachment of {self.volume_id} an earlier run started, then mount"
         elif self.action == Action.ATTACH:
             what = f"attach existing volume {self.volume_id} at {self.device} and mount"
+        elif self.action == Action.REATTACH:
+            what = f"reattach {self.volume_id}, left by a replaced instance, at {self.device} and mount"
         elif self.snapshot:
             what = f"create {self.size} GiB {s.volume_type} from {self.snapshot.snapshot_id} ({self.snapshot.start_time})"
         else:
@@ -86,6 +89,8 @@ class RestorePlan:
     # The steps to take instead, by mount point, if a pending set being waited for fails: the previous set.
     fallback: tuple[VolumeStep, ...] = ()
     notes: tuple[str, ...] = ()
+    # Groups of volumes replaced instances left, one per instance, newest first; tried before `steps` create.
+    reuse: tuple[tuple[VolumeStep, ...], ...] = ()
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def as_dict(self, fstab_line: Callable[[VolumeStep], str] | None = None) -> dict[str, Any]:
@@ -96,6 +101,9 @@ class RestorePlan:
                 raw["fstab"] = fstab_line(step)
         for step, raw in zip(self.fallback, out["fallback"]):
             raw["action"] = step.action.value
+        for group, raws in zip(self.reuse, out["reuse"]):
+            for step, raw in zip(group, raws):
+                raw["action"] = step.action.value
         return out
 
     def render(self, fstab_line: Callable[[VolumeStep], str] | None = None) -> str:
@@ -110,6 +118,8 @@ class RestorePlan:
             lines.append(f"  wait for pending snapshots: {', '.join(self.wait_pending)}")
         if self.fallback:
             lines.append(f"  if they fail: {'; '.join(s.describe() for s in self.fallback)}")
+        for group in self.reuse:
+            lines.append(f"  first try: {'; '.join(s.describe() for s in group)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -222,6 +232,7 @@ def plan_restore(
     pinned: dict[str, dict[str, Any]] | None = None,
     before: dt.datetime | None = None,
     occupied: dict[str, str] | None = None,
+    leftovers: Sequence[dict[str, Any]] = (),
 ) -> RestorePlan:
     """Decide, per configured volume, whether to keep, mount, attach or create, and from which snapshot.
     `occupied` maps the instance's attachment points (canonical device names) to the volumes in them."""
@@ -259,9 +270,51 @@ def plan_restore(
         if v.mount_point in sources.fallback:
             fallback.append(_create(v, sources.fallback[v.mount_point]))
     wait_for = tuple(i for i in sources.wait_for if any(s.snapshot and s.snapshot.snapshot_id == i for s in steps))
+    reuse: tuple[tuple[VolumeStep, ...], ...] = ()
+    notes = sources.notes
+    if spec.reuse_volumes:
+        if all(s.action == Action.CREATE for s in steps):
+            reuse, more = reuse_groups(spec, instance_id, availability_zone, leftovers)
+            notes += more
+        else:
+            notes += ("some volumes of this instance exist already: nothing left by a replaced instance is reattached",)
     return RestorePlan(spec.name, instance_id, availability_zone, tuple(steps), dict(spec.filter_tags), wait_for,
                        spec.pending_snapshot_wait, snapshot_set=sources.snapshot_set,
-                       fallback=tuple(fallback) if wait_for else (), notes=sources.notes)
+                       fallback=tuple(fallback) if wait_for else (), notes=notes, reuse=reuse)
+
+
+def reuse_groups(spec: SnapshotterSpec, instance_id: str, availability_zone: str,
+                 leftovers: Sequence[dict[str, Any]]) -> tuple[tuple[tuple[VolumeStep, ...], ...], tuple[str, ...]]:
+    """Volumes of this snapshotter that another instance left `available` in this zone (not detached on
+    purpose), grouped by that instance; only a group with a volume for every mount point is reattached, as
+    a whole: never a mix of two instances' volumes. Newest group first; in each, the volumes in mount point
+    order, the order in which every agent racing for them attaches, so that exactly one wins a group."""
+    by_mount = {v.mount_point: v for v in spec.volumes}
+    notes: list[str] = []
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for vol in sorted(leftovers, key=lambda v: str(v.get("CreateTime", ""))):
+        have = tags.tags_of(vol)
+        owner, mp = have.get(tags.INSTANCE_ID), have.get(tags.MOUNT_POINT)
+        if (not tags.belongs(vol, spec.filter_tags, present=(tags.MOUNT_POINT, tags.INSTANCE_ID)) or owner == instance_id
+                or mp not in by_mount or tags.DETACHED in have or vol.get("State") != "available"):
+            continue
+        if vol.get("AvailabilityZone") != availability_zone:
+            notes.append(f"{mp}: {vol['VolumeId']} left by {owner} is in {vol.get('AvailabilityZone')}, not "
+                         f"{availability_zone}; volumes are not moved between zones, the snapshots are used")
+            continue
+        groups.setdefault(str(owner), {})[str(mp)] = vol
+    complete = []
+    for owner, members in groups.items():
+        missing = sorted(set(by_mount) - set(members))
+        if missing:
+            notes.append(f"volumes left by {owner} lack {', '.join(missing)}: not reattached, so that the mount "
+                         "points are not restored from different sources")
+            continue
+        newest = max(str(v.get("CreateTime", "")) for v in members.values())
+        steps = tuple(VolumeStep(mp, by_mount[mp].device, Action.REATTACH, by_mount[mp], volume_id=members[mp]["VolumeId"],
+                                 size=int(members[mp].get("Size", by_mount[mp].size))) for mp in sorted(members))
+        complete.append((newest, steps))
+    return tuple(steps for _, steps in sorted(complete, key=lambda c: c[0], reverse=True)), tuple(notes)
 
 
 def _check_free(mount_point: str, device: str, volume_id: str | None, occupied: dict[str, str]) -> None:

@@ -235,3 +235,70 @@ def test_a_refused_grow_is_tried_again_by_every_later_run_until_it_works(agent: 
     assert "grow /mnt/solr" in agent.devices.events
     agent.devices.events.clear()
     assert agent("mount-snapshots", "solr")[0] == 0 and not agent.devices.events  # filled: nothing to do
+
+
+def left_behind(agent: Agent, owner: str, zone: str = ZONE, files: str = "written until the end") -> dict[str, str]:
+    """The volumes a replaced instance left: this snapshotter's tags, made for `owner`, available."""
+    made = {}
+    for mp in MOUNTS:
+        vol = agent.ec2.create_volume({"AvailabilityZone": zone, "Size": 1, "TagSpecifications": [{
+            "ResourceType": "volume", "Tags": [{"Key": k, "Value": v} for k, v in
+                                              {**TAGS, "mount_point": mp, "instance_id": owner}.items()]}]})
+        agent.ec2.disks[vol["VolumeId"]].fstype = "ext4"
+        agent.ec2.disks[vol["VolumeId"]].files["v"] = files
+        made[mp] = vol["VolumeId"]
+    agent.ec2.calls.clear()
+    return made
+
+
+def test_reuse_reattaches_a_replaced_instances_volumes_whole_and_makes_them_ours(agent: Agent) -> None:
+    agent.configure(reuse_volumes=True)
+    agent.config.write_text(agent.config.read_text().replace('"size": 1', '"size": 1, "delete_on_termination": false'))
+    for mp in MOUNTS:
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, files={"v": "older snapshot"})
+    left = left_behind(agent, "i-0gone")
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 0, err
+    assert agent.ec2.calls["CreateVolume"] == 0 and {agent.devices.files(mp)["v"] for mp in MOUNTS} == {"written until the end"}
+    for vid in left.values():
+        assert {t["Key"]: t["Value"] for t in agent.ec2.volumes[vid]["Tags"]}["instance_id"] == INSTANCE_ID
+    assert not [e for e in agent.devices.events if e.startswith("mkfs")]
+    assert agent.ec2.delete_on_termination == {"/dev/sdf": False, "/dev/sdg": False}
+
+
+def test_reuse_with_delete_on_termination_is_a_config_error(agent: Agent) -> None:
+    agent.configure(reuse_volumes=True)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 2 and "delete_on_termination: must be false with reuse_volumes" in err
+
+
+def test_two_agents_racing_for_one_group_exactly_one_takes_it(tmp_path: Path) -> None:
+    import threading
+
+    ec2 = FakeEc2()
+    spec = SnapshotterSpec("solr", tuple(VolumeSpec(d, mp, 1, delete_on_termination=False)
+                                         for d, mp in zip(("/dev/sdf", "/dev/sdg"), MOUNTS)), TAGS, reuse_volumes=True)
+    agent_like = type("A", (), {"ec2": ec2})()
+    left = left_behind(agent_like, "i-0gone")  # type: ignore[arg-type]
+    for mp in MOUNTS:
+        ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"})
+    leftovers = ec2.describe_volumes()
+    results: dict[str, list[str | None]] = {}
+    start = threading.Barrier(2)
+
+    def boot(instance_id: str) -> None:
+        plan = restore.plan_restore(spec, instance_id, ZONE, list(ec2.snapshots.values()), [], [], leftovers=leftovers)
+        start.wait()
+        report = Restorer(ec2, FakeDevices(ec2, instance_id=instance_id), tmp_path / f"fstab-{instance_id}").apply(plan)
+        results[instance_id] = [v.snapshot_id for v in report.volumes]
+
+    threads = [threading.Thread(target=boot, args=(i,)) for i in ("i-0one", "i-0two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    reattached = [i for i, snaps in results.items() if snaps == [None, None]]
+    restored = [i for i, snaps in results.items() if all(snaps)]
+    assert len(reattached) == 1 and len(restored) == 1, results
+    owners = {a["InstanceId"] for vid in left.values() for a in ec2.volumes[vid]["Attachments"]}
+    assert owners == set(reattached)
