@@ -302,3 +302,15 @@ def test_two_agents_racing_for_one_group_exactly_one_takes_it(tmp_path: Path) ->
     assert len(reattached) == 1 and len(restored) == 1, results
     owners = {a["InstanceId"] for vid in left.values() for a in ec2.volumes[vid]["Attachments"]}
     assert owners == set(reattached)
+
+
+def test_a_group_taken_in_part_is_given_back_whole(tmp_path: Path) -> None:
+    ec2 = FakeEc2()
+    spec = SnapshotterSpec("solr", tuple(VolumeSpec(d, mp, 1, delete_on_termination=False)
+                                         for d, mp in zip(("/dev/sdf", "/dev/sdg"), MOUNTS)), TAGS, reuse_volumes=True)
+    left = left_behind(type("A", (), {"ec2": ec2})(), "i-0gone")  # type: ignore[arg-type]
+    plan = restore.plan_restore(spec, INSTANCE_ID, ZONE, [], [], [], leftovers=ec2.describe_volumes())
+    ec2.attach_volume(left["/mnt/solr"], "i-0other", "/dev/sdf")  # another agent won the second one meanwhile
+    report = Restorer(ec2, FakeDevices(ec2), tmp_path / "fstab").apply(plan)
+    assert ec2.volumes[left["/mnt/logs"]]["State"] == "available"  # given back
+    assert ec2.calls["CreateVolume"] == 2 and all(v.action == "create" for v in report.volumes)
