@@ -18,6 +18,7 @@ DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254/"
 DEFAULT_MAX_FREEZE = 30.0
 DEFAULT_CREDENTIALS_TIMEOUT = 5.0
 DEFAULT_CREDENTIALS_ATTEMPTS = 3
+DEFAULT_API_DEADLINE = 600.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Tunables:
     max_freeze: float
     credentials_timeout: float
     credentials_attempts: int
+    api_deadline: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tunables:
@@ -51,6 +53,8 @@ class Tunables:
             max_freeze=_seconds(env.get("SNAPTASTIC_MAX_FREEZE")) or DEFAULT_MAX_FREEZE,
             # botocore's own variables for its instance-profile reads, with defaults fit for a slow early boot.
             credentials_timeout=_seconds(env.get("AWS_METADATA_SERVICE_TIMEOUT")) or DEFAULT_CREDENTIALS_TIMEOUT,
+            # How long a run keeps retrying throttled and failing EC2 calls, well inside the units' start limits.
+            api_deadline=_seconds(env.get("SNAPTASTIC_API_DEADLINE")) or DEFAULT_API_DEADLINE,
             credentials_attempts=int(_seconds(env.get("AWS_METADATA_SERVICE_NUM_ATTEMPTS")) or DEFAULT_CREDENTIALS_ATTEMPTS),
         )
 

@@ -42,7 +42,7 @@ def _real_ec2(region: str, tunables: Tunables) -> Ec2Api:
     from snaptastic_boot.system.ec2 import Ec2
 
     return Ec2(region, endpoint=tunables.ec2_endpoint, credentials_timeout=tunables.credentials_timeout,
-               credentials_attempts=tunables.credentials_attempts)
+               credentials_attempts=tunables.credentials_attempts, deadline=tunables.api_deadline)
 
 
 def _real_devices(paths: Paths) -> DeviceAdapter:
@@ -151,6 +151,11 @@ def recover(run: Run) -> None:
     """What every command that touches the snapshotter's mount points does first, under the lock."""
     mounted = [m.mount_point for m in run.devices.mounts()]
     thaw_leftovers([v.mount_point for v in run.spec.volumes], mounted, run.devices.thaw)
+
+
+def throttling(ec2: Ec2Api) -> str:
+    """How long the run waited on EC2's throttling, for the closing log line ("" when it did not)."""
+    return f"; waited {ec2.throttle_wait:.1f}s on {ec2.throttled} throttled answers" if ec2.throttled else ""
 
 
 def print_json(value: Any) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from snaptastic_boot.apply.snapshot import SnapshotMaker, local_devices
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start, throttling
 from snaptastic_boot.plan import snapshot
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
+
+log = logging.getLogger("snaptastic")
 
 
 def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, dry_run: bool = False,
@@ -28,6 +32,7 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
                               wait_timeout=r.ctx.tunables.wait_timeout)
         report = maker.apply(plan, wait=wait)
+    log.info("make-snapshots done with %d EC2 API calls%s", r.ec2.total_calls, throttling(r.ec2))
     if as_json:
         print_json(report.as_dict())
         return 0

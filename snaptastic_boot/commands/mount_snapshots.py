@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.restore import Restorer
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start
+from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start, throttling
 from snaptastic_boot.model import canonical_device
 from snaptastic_boot.plan import restore
 from snaptastic_boot.system import fstab, lock
@@ -56,8 +56,8 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
             restorer = Restorer(ec2, r.devices, r.paths.fstab, hooks=r.hooks, stop=stop,
                                 wait_timeout=r.ctx.tunables.wait_timeout)
             report = restorer.apply(plan)
-    log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)", report.seconds, ec2.total_calls,
-             ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())))
+    log.info("mount-snapshots done in %.1fs with %d EC2 API calls (%s)%s", report.seconds, ec2.total_calls,
+             ", ".join(f"{k} {v}" for k, v in sorted(ec2.calls.items())), throttling(ec2))
     if as_json:
         print_json(report.as_dict())
         return 0

@@ -2,16 +2,20 @@
 
 Each method is one EC2 action (or one paginated action), written as a direct `self._client.<action>(` call so
 the IAM policy check can find every action by reading this file. botocore errors become our errors here.
-Retries use botocore's adaptive mode with a bounded number of attempts, so throttling and 5xx answers are
-absorbed without unbounded waits.
+Throttling, 5xx answers and dropped connections are retried with full jitter until one deadline for the whole
+run (SNAPTASTIC_API_DEADLINE), not for a count of attempts: in a boot storm an agent keeps its place in line
+instead of failing a stateful server's boot, and agents that back off at random do not retry in step.
+Other errors fail at once. ClientToken keeps a retried CreateVolume single.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,24 +30,57 @@ from snaptastic_boot.tags import Tags, tag_list
 
 log = logging.getLogger("snaptastic.ec2")
 
-MAX_ATTEMPTS = 10
+# Codes EC2 answers when a token bucket is empty, and when it is briefly unable to serve.
+THROTTLED = ("RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled")
+UNAVAILABLE = ("InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable")
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 20.0
+
 
 class Ec2:
     def __init__(self, region: str, *, endpoint: str | None = None, credentials_timeout: float = 5.0,
-                 credentials_attempts: int = 3, client: Any = None) -> None:
+                 credentials_attempts: int = 3, deadline: float, client: Any = None,
+                 sleep_for: Callable[[float], float] | None = None) -> None:
         self.region = region
         self.calls: Counter[str] = Counter()
+        self.throttled = 0
+        self.throttle_wait = 0.0
+        self._deadline = time.monotonic() + deadline
+        self._jitter = sleep_for or (lambda cap: random.uniform(0, cap))
         self._lock = threading.Lock()
         if client is None:
             client = self._make_client(region, endpoint, credentials_timeout, credentials_attempts)
         self._client = client
         self._client.meta.events.register("before-call.ec2", self._count)
+        self._client.meta.events.register("needs-retry.ec2", self._retry_delay)
+
+    def _retry_delay(self, response: Any = None, caught_exception: Any = None, attempts: int = 1, **_: Any) -> float | None:
+        """botocore asks before each retry: seconds to wait, or None to give up (its own retries are off)."""
+        throttled = False
+        if response is not None:
+            status = response[0].status_code
+            code = (response[1] or {}).get("Error", {}).get("Code", "")
+            throttled = code in THROTTLED
+            if not (throttled or code in UNAVAILABLE or status >= 500):
+                return None
+        elif not isinstance(caught_exception, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            return None
+        delay = min(self._jitter(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempts)), left)
+        with self._lock:
+            if throttled:
+                self.throttled += 1
+                self.throttle_wait += delay
+        return delay
 
     @staticmethod
     def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int) -> Any:
         config = Config(
             region_name=region,
-            retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
+            # botocore's own retries are off; `_retry_delay` decides, by the run's deadline.
+            retries={"mode": "standard", "total_max_attempts": 1},
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=64,

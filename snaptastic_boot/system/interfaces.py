@@ -16,6 +16,8 @@ from snaptastic_boot.model import Mount, Probe
 
 class Ec2Api(Protocol):
     calls: Counter[str]
+    throttled: int  # answers that said a token bucket was empty
+    throttle_wait: float  # seconds spent waiting on them
 
     @property
     def total_calls(self) -> int: ...

@@ -69,6 +69,8 @@ class Disk:
 @dataclass
 class FakeEc2:
     calls: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    throttle_wait: float = 0.0
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     disks: dict[str, Disk] = field(default_factory=dict)  # by volume or snapshot id
