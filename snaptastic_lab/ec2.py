@@ -167,6 +167,8 @@ class Ec2Emulator:
         self.current_instance: str | None = None
         self.root_volumes: dict[str, str] = {}
         self.tables: dict[str, devices.DeviceTable] = {}
+        # Instances running beside the current one (a cluster booting at once), each with its own dev and sys roots.
+        self.neighbours: dict[str, tuple[Path, Path]] = {}
         self.loops_created: set[str] = set()
         self._client_tokens: dict[str, tuple[dict[str, str], Answer, str]] = {}
         self._pending_attach: dict[str, tuple[float, str, bool]] = {}
@@ -187,8 +189,17 @@ class Ec2Emulator:
 
     def table(self, instance_id: str) -> devices.DeviceTable:
         if instance_id not in self.tables:
-            self.tables[instance_id] = devices.DeviceTable(self.dev_root, self.sys_root, self.device_style)
+            dev_root, sys_root = self.neighbours.get(instance_id, (self.dev_root, self.sys_root))
+            self.tables[instance_id] = devices.DeviceTable(dev_root, sys_root, self.device_style)
         return self.tables[instance_id]
+
+    def add_neighbour(self, instance_id: str, root_volume: str | None, dev_root: Path, sys_root: Path) -> None:
+        """Another running instance whose devices appear under roots of its own."""
+        with self.lock:
+            self.neighbours[instance_id] = (dev_root, sys_root)
+            if root_volume:
+                self.root_volumes[instance_id] = root_volume
+                self.table(instance_id).add_root(root_volume)
 
     def switch_instance(self, instance_id: str, root_volume: str | None) -> None:
         """Make `instance_id` the machine whose devices appear under the dev root."""
@@ -209,7 +220,7 @@ class Ec2Emulator:
             return self.tables[self.current_instance].device_for(volume_id)
 
     def _materialize(self, volume_id: str, instance_id: str, device: str) -> None:
-        if instance_id != self.current_instance:
+        if instance_id != self.current_instance and instance_id not in self.neighbours:
             return
         image = self.volume_file(volume_id)
         if not image.exists():

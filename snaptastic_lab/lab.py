@@ -13,6 +13,7 @@ import subprocess
 import threading
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Union
@@ -63,6 +64,14 @@ def userdata_bytes(userdata: Userdata) -> bytes | None:
     return bytes(userdata)
 
 
+@dataclass(frozen=True)
+class Neighbour:
+    """An instance running beside the lab's current one; `env` points the agent at it."""
+
+    instance_id: str
+    env: dict[str, str]
+
+
 class Lab:
     """A local EC2 + EBS + IMDS for one instance at a time; see the package docstring for the layout."""
 
@@ -94,6 +103,7 @@ class Lab:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._emulator: Any = None
+        self._neighbour_imds: list[MetadataService] = []
         self._imds: MetadataService | None = None
         self._internal: Any = None
         self._ec2: Any = None
@@ -176,6 +186,8 @@ class Lab:
         self._store.close()
         if self._imds is not None:
             self._imds.close()
+        for imds in self._neighbour_imds:
+            imds.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -304,6 +316,32 @@ class Lab:
             private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
             userdata=userdata,
         )
+
+    def add_neighbour(self) -> Neighbour:
+        """Launch another instance of the same template in the same zone that runs beside the current one (a
+        cluster member booting at the same time): its own instance id, metadata service, dev and sys roots,
+        fstab and run directory, sharing the lab's EC2. The current instance stays current."""
+        reservation = self._internal.run_instances(ImageId=IMAGE_ID, MinCount=1, MaxCount=1, InstanceType=INSTANCE_TYPE,
+                                                   Placement={"AvailabilityZone": self.availability_zone})
+        instance = reservation["Instances"][0]
+        instance_id = instance["InstanceId"]
+        root = next((m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if m["DeviceName"] == ROOT_DEVICE), None)
+        base = self.workdir / "neighbours" / instance_id
+        for sub in ("dev", "sys", "run"):
+            (base / sub).mkdir(parents=True)
+        (base / "fstab").write_text(self.fstab.read_text())
+        self._emulator.add_neighbour(instance_id, root, base / "dev", base / "sys")
+        identity = InstanceIdentity(instance_id=instance_id, region=self.region, availability_zone=self.availability_zone,
+                                    instance_type=INSTANCE_TYPE, image_id=IMAGE_ID, account_id=self.account_id,
+                                    private_ip=instance.get("PrivateIpAddress") or "10.0.0.11",
+                                    userdata=self.imds.identity.userdata)
+        imds = MetadataService(identity, self.faults)
+        imds.start()
+        self._neighbour_imds.append(imds)
+        env = {**self.env, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "SNAPTASTIC_DEV_ROOT": str(base / "dev"),
+               "SNAPTASTIC_SYS_ROOT": str(base / "sys"), "SNAPTASTIC_FSTAB": str(base / "fstab"),
+               "SNAPTASTIC_RUN_DIR": str(base / "run")}
+        return Neighbour(instance_id, env)
 
     def new_instance(self, userdata: Userdata | object = SAME_USERDATA) -> str:
         """Launch a replacement instance in the same zone and make it the one IMDS and the dev root belong to.

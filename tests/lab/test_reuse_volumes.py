@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -84,3 +85,29 @@ def test_volumes_left_in_another_zone_are_not_moved(lab: Any) -> None:
     result = ok(lab.run("mount-snapshots", "solr"))
     assert contents(lab, 1) == {"in the snapshot"}
     assert f"{elsewhere} left by i-0elsewhere is in us-east-1b" in result.stderr
+
+
+def test_two_agents_racing_for_one_set_of_leftovers(lab: Any) -> None:
+    """Two cluster members boot at once, each a real agent on its own instance, and race for one group."""
+    left = first_life(lab)
+    lab.terminate_instance()
+    lab.new_instance()
+    other = lab.add_neighbour()
+    # Each agent in a mount namespace of its own, as on two machines: the same mount points do not collide.
+    agents = [subprocess.Popen(["unshare", "-m", "--propagation", "private", "snaptastic", "mount-snapshots", "solr", "--json"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for env in (lab.env, other.env)]
+    reports = []
+    for agent in agents:
+        out, err = agent.communicate(timeout=180)
+        assert agent.returncode == 0, err
+        reports.append(json.loads(out))
+    actions = sorted({v["action"] for v in r["volumes"]}.pop() for r in reports)
+    assert actions == ["create", "reattach"], reports
+    winner = next(r for r in reports if r["volumes"][0]["action"] == "reattach")
+    assert sorted(v["volume_id"] for v in winner["volumes"]) == sorted(left.values())
+    vols = lab.ec2.describe_volumes(VolumeIds=list(left.values()))["Volumes"]
+    assert {v["Attachments"][0]["InstanceId"] for v in vols} == {winner["instance_id"]}
+    assert {tags_of(v)["instance_id"] for v in vols} == {winner["instance_id"]}
+    loser = next(r for r in reports if r is not winner)
+    assert all(v["snapshot_id"] for v in loser["volumes"])  # restored from the snapshots, nothing attached twice
