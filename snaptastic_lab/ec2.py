@@ -50,6 +50,7 @@ from moto.ec2.models.elastic_block_store import Snapshot, Volume
 
 from snaptastic_lab import devices
 from snaptastic_lab.faults import Faults
+from snaptastic_lab.throttle import TokenBuckets
 
 INTERNAL_HEADER = "X-Snaptastic-Lab"
 XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
@@ -176,6 +177,8 @@ class Ec2Emulator:
         self._image_snapshots: dict[str, set[str]] = {}
         self._last_start = datetime(2000, 1, 1)
         self.stopped = threading.Event()
+        self._buckets: TokenBuckets | None = None
+        self.throttled = 0  # requests the token buckets refused
 
     # Files
 
@@ -305,7 +308,7 @@ class Ec2Emulator:
             stamp = time.time()
             self.calls.append((stamp, action))
             self.requests.append((stamp, action, params))
-            answer = self._fault(action, environ.get("werkzeug.socket"))
+            answer = self._fault(action, environ.get("werkzeug.socket"), params)
         if answer is None:
             answer = self._handle(environ, action, params)
         status, headers, payload = answer
@@ -329,7 +332,7 @@ class Ec2Emulator:
                 traceback.print_exc()
                 return error_answer(500, "InternalError", f"lab: {action} failed: {exc}")
 
-    def _fault(self, action: str, client: socket.socket | None) -> Answer | None:
+    def _fault(self, action: str, client: socket.socket | None, params: dict[str, str]) -> Answer | None:
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)
@@ -340,6 +343,12 @@ class Ec2Emulator:
         if action in faults.fail_actions:
             status, code, message = faults.fail_actions[action]
             return error_answer(status, code, message)
+        if faults.token_buckets > 0:
+            if self._buckets is None or self._buckets.scale != faults.token_buckets:
+                self._buckets = TokenBuckets(faults.token_buckets)
+            if not self._buckets.take(action, params):
+                self.throttled += 1
+                return error_answer(503, "RequestLimitExceeded", "Request limit exceeded.")
         if faults.chance(faults.throttle_rate):
             return error_answer(400, "RequestLimitExceeded", "Request limit exceeded.")
         if faults.chance(faults.error_rate):

@@ -25,6 +25,7 @@ class Faults:
     error_rate: float  # fraction of calls answered 503 Unavailable or 500 InternalError
     fail_actions: dict[str, tuple[int, str, str]]  # action -> (HTTP status, error code, message), every time
     hang_actions: dict[str, float]  # action -> seconds a call is held before EC2 sees it (dropped if abandoned)
+    token_buckets: float  # > 0: EC2's per-category token buckets, scaled by this factor (0.1: 10 / 0.5 per s)
     volume_creating_seconds: float  # new volumes stay `creating`
     attach_stuck: float  # attachments stay `attaching` (math.inf: for ever); the device appears at the end
     detach_seconds: float  # detaching attachments stay `detaching`; the device leaves at once
@@ -50,6 +51,7 @@ class Faults:
         self.error_rate = 0.0
         self.fail_actions = {}
         self.hang_actions = {}
+        self.token_buckets = 0.0
         self.volume_creating_seconds = 0.0
         self.attach_stuck = 0.0
         self.detach_seconds = 0.0
