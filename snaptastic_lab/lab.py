@@ -376,6 +376,15 @@ class Lab:
     def call_counts(self) -> Counter[str]:
         return Counter(action for _, action in self.calls)
 
+    def throttle(self, scale: float) -> Any:
+        """Throttle like EC2 from now on: full token buckets of the published sizes times `scale`; returns them
+        (their `accepted`/`refused` counts per category and `lower_bound()` say what a storm cost)."""
+        from snaptastic_lab.throttle import TokenBuckets
+
+        self.faults.token_buckets = scale
+        self._emulator._buckets = TokenBuckets(scale)
+        return self._emulator._buckets
+
     def reset_calls(self) -> None:
         self._emulator.calls.clear()
         self._emulator.requests.clear()

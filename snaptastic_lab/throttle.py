@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -58,8 +59,18 @@ class TokenBuckets:
         self.scale = scale
         self._buckets = {name: _Bucket(size * scale, rate * scale, size * scale, now) for name, (size, rate) in RATES.items()}
         self._lock = threading.Lock()
+        self.accepted: Counter[str] = Counter()  # per category
+        self.refused: Counter[str] = Counter()
 
     def take(self, action: str, params: Mapping[str, str]) -> bool:
         """Whether this request gets a token (False: EC2 would answer RequestLimitExceeded)."""
+        name = category(action, params)
         with self._lock:
-            return self._buckets[category(action, params)].take(time.monotonic())
+            ok = self._buckets[name].take(time.monotonic())
+            (self.accepted if ok else self.refused)[name] += 1
+            return ok
+
+    def lower_bound(self) -> float:
+        """Seconds the accepted calls needed at the least: past each full bucket, its refill rate."""
+        return max((max(0.0, n - self._buckets[c].size) / self._buckets[c].rate for c, n in self.accepted.items()),
+                   default=0.0)
