@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,42 +38,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def namespaces(workdir: Path, count: int) -> list[Path]:
-    """One persistent mount namespace per instance, as each is a machine of its own: its mounts stay between
-    its mount-snapshots and its make-snapshots, and never collide with the others' same mount points."""
-    out = []
-    for i in range(count):
-        ns = workdir / f"ns{i}"
-        ns.touch()
-        subprocess.run(["unshare", f"--mount={ns}", "--propagation", "private", "true"], check=True)
-        out.append(ns)
-    return out
+class Member:
+    """One instance of the fleet: a process in a mount namespace of its own (a machine of its own, whose
+    mounts stay between its commands and never collide with the others' same mount points), which runs the
+    agent each time it is told to."""
+
+    def __init__(self, python: str, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", python, "-m", "bench.fleet", "--member",
+                                      json.dumps(argv)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=agent.ROOT)
+
+    def start(self, args: list[str]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(60)
 
 
-def storm(argv: list[str], envs: list[dict[str, str]], spaces: list[Path], args: list[str]) -> list[dict[str, Any]]:
-    """Start the agent on every instance at once, each in its own mount namespace; wait for all."""
-    started = time.monotonic()
-    procs = []
-    for env, ns in zip(envs, spaces):
-        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        procs.append((subprocess.Popen(["nsenter", f"--mount={ns}", *argv, *args], env=env,
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=err), out, err))
-    runs = []
-    for proc, out, err in procs:
-        proc.wait(1800)
-        out.seek(0)
-        err.seek(0)
-        runs.append({"returncode": proc.returncode, "seconds": time.monotonic() - started,
-                     "stdout": out.read().decode(errors="replace"), "stderr": err.read().decode(errors="replace")})
-    return runs
+def member(argv: list[str]) -> int:
+    """The member's side: for each line (the agent's arguments), run the agent, answer with one JSON line."""
+    for line in sys.stdin:
+        started = time.monotonic()
+        done = subprocess.run([*argv, *json.loads(line)], capture_output=True, text=True, check=False)
+        print(json.dumps({"returncode": done.returncode, "seconds": time.monotonic() - started,
+                          "stderr": done.stderr[-2000:]}), flush=True)
+    return 0
 
 
-def phase(lab: Any, scale: float, argv: list[str], envs: list[dict[str, str]], spaces: list[Path],
-          args: list[str]) -> dict[str, Any]:
+def storm(members: list[Member], args: list[str]) -> list[dict[str, Any]]:
+    """Every instance starts the agent at the same moment; wait for all."""
+    for m in members:
+        m.start(args)
+    return [m.result() for m in members]
+
+
+def phase(lab: Any, scale: float, members: list[Member], args: list[str]) -> dict[str, Any]:
     buckets = lab.throttle(scale)  # full buckets at the start of each phase, as after a quiet hour
     lab.reset_calls()
     t0 = time.monotonic()
-    runs = storm(argv, envs, spaces, args)
+    runs = storm(members, args)
     wall = time.monotonic() - t0
     calls = len(lab.calls)
     refused = sum(buckets.refused.values())
@@ -113,15 +123,14 @@ def run(m: int, k: int, scale: float, python: str, workdir: Path | None) -> dict
         scenarios.call(opts, lab, "mount-snapshots", scenarios.NAME).check()
         scenarios.call(opts, lab, "unmount-snapshots", scenarios.NAME, "--yes", "--delete").check()  # the snapshots stay
         neighbours = [lab.add_neighbour() for _ in range(m)]
-        envs = [n.env for n in neighbours]
-        spaces = namespaces(Path(lab.workdir), m)
+        members = [Member(python, argv, n.env) for n in neighbours]
         try:
-            restore = phase(lab, scale, argv, envs, spaces, ["mount-snapshots", scenarios.NAME])
+            restore = phase(lab, scale, members, ["mount-snapshots", scenarios.NAME])
             restore.update(volumes_check(lab, [n.instance_id for n in neighbours], k))
-            snapshot = phase(lab, scale, argv, envs, spaces, ["make-snapshots", scenarios.NAME])
+            snapshot = phase(lab, scale, members, ["make-snapshots", scenarios.NAME])
         finally:
-            for ns in spaces:
-                subprocess.run(["umount", str(ns)], check=False)  # the namespace, and its mounts, go
+            for mem in members:
+                mem.close()  # its namespace, and the mounts in it, go with it
     return {"instances": m, "volumes_each": k, "scale": scale, "mount_snapshots": restore, "make_snapshots": snapshot}
 
 
@@ -140,6 +149,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--member"]:
+        return member(json.loads(argv[1]))
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench.fleet: needs root (loop devices and mounts); run it with sudo", file=sys.stderr)
