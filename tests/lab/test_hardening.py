@@ -4,6 +4,7 @@ line naming the field, and nothing changes; a slow metadata service is still use
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -97,5 +98,7 @@ def test_a_failing_metadata_service_fails_within_the_bound_and_names_the_status(
     started = time.monotonic()
     result = lab.run("mount-snapshots", "solr", env={**lab.env, "SNAPTASTIC_IMDS_TIMEOUT": "4"})
     elapsed = time.monotonic() - started
-    one_line_error(result, 3, "HTTP 503", "did not answer")
-    assert elapsed < 4 + 3  # the bound, plus the interpreter's start
+    line = one_line_error(result, 3, "HTTP 503", "did not answer")
+    # The agent's own account of how long it tried, and the whole run, interpreter start included.
+    tried = int(re.search(r"did not answer \S+ in (\d+)s", line).group(1))  # type: ignore[union-attr]
+    assert tried <= 4 and elapsed < 4 + 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
 
 from tests.lab.agent import configure, ok, our_volumes, volumes, wait_for_call
@@ -29,6 +30,14 @@ def first_life(lab: Any, n: int = 2) -> dict[str, str]:
     return left
 
 
+def left_available(lab: Any, left: dict[str, str], timeout: float = 60) -> None:
+    """Until the volumes of a terminated instance are `available` (EC2 detaches them on its own time)."""
+    deadline = time.monotonic() + timeout
+    while any(v["State"] != "available" for v in lab.ec2.describe_volumes(VolumeIds=list(left.values()))["Volumes"]):
+        assert time.monotonic() < deadline, "the terminated instance's volumes never became available"
+        time.sleep(0.1)
+
+
 def contents(lab: Any, n: int = 2) -> set[str]:
     return {(lab.mount_root / f"data{i}" / "v").read_text() for i in range(n)}
 
@@ -40,6 +49,7 @@ def tags_of(volume: dict[str, Any]) -> dict[str, str]:
 def test_a_replaced_instances_volumes_are_reattached_with_every_write(lab: Any) -> None:
     left = first_life(lab)
     lab.terminate_instance()
+    left_available(lab, left)
     lab.new_instance()
     lab.reset_calls()
     result = ok(lab.run("mount-snapshots", "solr"))
@@ -91,6 +101,7 @@ def test_two_agents_racing_for_one_set_of_leftovers(lab: Any) -> None:
     """Two cluster members boot at once, each a real agent on its own instance, and race for one group."""
     left = first_life(lab)
     lab.terminate_instance()
+    left_available(lab, left)
     lab.new_instance()
     other = lab.add_neighbour()
     # Each agent in a mount namespace of its own, as on two machines: the same mount points do not collide.
