@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.name, extra = extra[0], []
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        level = "DEBUG" if args.verbose else (args.loglevel or "INFO")
+        level = "DEBUG" if getattr(args, "verbose", False) else (getattr(args, "loglevel", None) or "INFO")
         _configure_logging(level)
         func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
         if func is None:

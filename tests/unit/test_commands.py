@@ -314,3 +314,9 @@ def test_a_group_taken_in_part_is_given_back_whole(tmp_path: Path) -> None:
     report = Restorer(ec2, FakeDevices(ec2), tmp_path / "fstab").apply(plan)
     assert ec2.volumes[left["/mnt/logs"]]["State"] == "available"  # given back
     assert ec2.calls["CreateVolume"] == 2 and all(v.action == "create" for v in report.volumes)
+
+
+def test_no_command_prints_help_and_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: snaptastic" in err and "this is a bug" not in err
