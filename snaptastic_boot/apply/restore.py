@@ -271,7 +271,16 @@ class Restorer:
                 log.warning("%s is not empty (%s); the mount hides those files until it is unmounted",
                             step.mount_point, ", ".join(hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
             log.info("mounting %s (%s) on %s", path, volume_id, step.mount_point)
-            self.devices.mount(path, step.mount_point, str(fstype), options)
+            try:
+                self.devices.mount(path, step.mount_point, str(fstype), options)
+            except CommandError:
+                if fstype != "xfs" or "nouuid" in options.split(","):
+                    raise
+                # A twin with the same UUID may be mounted where this mount table does not show it (another
+                # mount namespace: a container, a copy made while it was mounted here); xfs refuses it then.
+                log.warning("%s: mounting %s failed; mounting again with nouuid, in case a copy of this xfs is "
+                            "mounted out of sight", step.mount_point, volume_id)
+                self.devices.mount(path, step.mount_point, str(fstype), options + ",nouuid")
         self._grow_if_smaller(work, path, str(fstype), result)
         self._fstypes[step.mount_point] = str(fstype)
 

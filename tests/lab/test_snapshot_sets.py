@@ -92,8 +92,8 @@ def test_a_pending_set_is_waited_for(lab: Any, two_sets: Any) -> None:
 
 def test_before_chooses_a_set_by_its_time(lab: Any, two_sets: Any) -> None:
     _first, second = two_sets
-    snap = lab.ec2.describe_snapshots(SnapshotIds=[next(iter(second.values()))])["Snapshots"][0]
-    before = (snap["StartTime"] - dt.timedelta(milliseconds=1)).isoformat()
+    taken = min(s["StartTime"] for s in lab.ec2.describe_snapshots(SnapshotIds=list(second.values()))["Snapshots"])
+    before = (taken - dt.timedelta(milliseconds=1)).isoformat()  # just before the set's first member
     ok(restore_on_new_instance(lab, "--before", before))
     assert contents(lab) == ["first"] * 3
 

@@ -320,3 +320,22 @@ def test_no_command_prints_help_and_is_bad_input(capsys: pytest.CaptureFixture[s
     assert cli.main([]) == 2
     err = capsys.readouterr().err
     assert "usage: snaptastic" in err and "this is a bug" not in err
+
+
+def test_an_xfs_mount_that_fails_is_tried_again_with_nouuid(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snaptastic_boot.errors import CommandError
+
+    for mp in MOUNTS:
+        sid = agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"})
+        agent.ec2.disks[sid].fstype = "xfs"
+    real = agent.devices.mount
+
+    def twin_out_of_sight(path: Path, mount_point: str, fstype: str, options: str) -> None:
+        if "nouuid" not in options:
+            raise CommandError(["mount"], 32, "", "mount: wrong fs type")  # what xfs says to a duplicate UUID
+        real(path, mount_point, fstype, options)
+
+    monkeypatch.setattr(agent.devices, "mount", twin_out_of_sight)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 0 and err.count("mounting again with nouuid") == 2
+    assert all("nouuid" in agent.devices.table[mp].options for mp in MOUNTS)
