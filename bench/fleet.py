@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import agent, scenarios
+from snaptastic_lab.namespace import own_namespace_argv
 
 TARGET_RATIO = 1.3
 
@@ -44,9 +45,8 @@ class Member:
     agent each time it is told to."""
 
     def __init__(self, python: str, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", python, "-m", "bench.fleet", "--member",
-                                      json.dumps(argv)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=agent.ROOT)
+        self.proc = subprocess.Popen(own_namespace_argv([python, "-m", "bench.fleet", "--member", json.dumps(argv)]),
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=agent.ROOT)
 
     def start(self, args: list[str]) -> None:
         assert self.proc.stdin is not None

@@ -249,6 +249,11 @@ def mounted_from_elsewhere(mount_point: str, source: str) -> str:
     return f"{mount_point} is already mounted from {source}; unmount it first"
 
 
+def mounted_elsewhere(mount_point: str, source: str, holder: str) -> str:
+    return (f"{mount_point}: unmounted here, but {source} is still mounted or in use elsewhere ({holder}, for "
+            "example a container or a service with mounts of its own); unmount it there, then run again")
+
+
 def mounted_not_ours(mount_point: str, source: str) -> str:
     return (f"{mount_point} is already mounted from {source}, which is not a volume this agent made for "
             "this instance; unmount it first")

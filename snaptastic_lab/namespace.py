@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import sys
 
 CLONE_NEWNS = 0x00020000
 MARKER = "SNAPTASTIC_LAB_PRIVATE_NS"
@@ -36,3 +37,30 @@ def enter_private_namespace() -> None:
         raise OSError(errno, f"unshare(CLONE_NEWNS) failed: {os.strerror(errno)}")
     subprocess.run(["mount", "--make-rprivate", "/"], check=True, capture_output=True)
     os.environ[MARKER] = _own_namespace()
+
+
+MNT_DETACH = 2
+LOOP_MAJOR = "7"
+
+
+def own_namespace_argv(argv: list[str]) -> list[str]:
+    """`argv` run in a mount namespace of its own, as on a machine of its own.
+
+    A new namespace starts as a copy of this one, with every file system other tests of the run have mounted at
+    that moment; each copy would keep its file system alive after those tests unmount it (and their agent then
+    waits for it to be let go). The copies are detached before `argv` starts.
+    """
+    return ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "snaptastic_lab.namespace", *argv]
+
+
+def _detach_loop_mounts() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [fields[4] for fields in map(str.split, f) if fields[2].split(":")[0] == LOOP_MAJOR]
+    for point in reversed(points):  # deepest first
+        libc.umount2(point.encode().decode("unicode_escape").encode(), MNT_DETACH)
+
+
+if __name__ == "__main__":
+    _detach_loop_mounts()
+    os.execvp(sys.argv[1], sys.argv[1:])

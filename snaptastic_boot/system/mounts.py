@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import time
 from pathlib import Path
 
+from snaptastic_boot import messages
 from snaptastic_boot.errors import OperationFailed
 from snaptastic_boot.model import Mount
+from snaptastic_boot.system import fsfreeze
 from snaptastic_boot.system.runner import run
+
+# How long a copy of an unmounted file system may stay mounted in another mount namespace (a container or a
+# service starting at that moment takes one and usually lets it go at once) before unmounting fails.
+RELEASE_WAIT = 10.0
 
 
 def mounts() -> list[Mount]:
@@ -35,7 +44,56 @@ def mount(path: Path, mount_point: str, fstype: str, options: str) -> None:
 
 
 def umount(mount_point: str) -> None:
+    """Unmount, and return only once the file system is shut down, so that a snapshot of its device taken next
+    holds every byte and detaching the device pulls it from under nobody.
+
+    A copy of the mount in another mount namespace (a container, `unshare -m`, a service with private mounts)
+    keeps the file system alive after this umount: its dirty data would be missing from the device. Hence the
+    flush first, and the wait for the device to be free after.
+    """
+    mounted = mount_at(mount_point)
+    fsfreeze.flush(mount_point)
     run(["umount", mount_point], timeout=300)
+    if mounted is not None:
+        _wait_released(mount_point, mounted)
+
+
+def _wait_released(mount_point: str, mounted: Mount) -> None:
+    deadline = time.monotonic() + RELEASE_WAIT
+    while _held(mounted.source):
+        if time.monotonic() > deadline:
+            raise OperationFailed(messages.mounted_elsewhere(mount_point, mounted.source, _holder(mounted.major_minor)))
+        time.sleep(0.1)
+
+
+def _held(device: str) -> bool:
+    """Whether a block device is still mounted (anywhere) or opened exclusively: O_EXCL then fails with EBUSY."""
+    try:
+        if not stat.S_ISBLK(os.stat(device).st_mode):
+            return False
+        fd = os.open(device, os.O_RDONLY | os.O_EXCL)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    os.close(fd)
+    return False
+
+
+def _holder(major_minor: str) -> str:
+    """A process whose mount namespace still mounts the device, for the message ("process 1234 (dockerd)")."""
+    seen: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as f:
+                if any(line.split()[2] == major_minor for line in f):
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                    return f"process {pid} ({comm})"
+        except (OSError, IndexError):
+            continue
+    return "another process"
 
 
 def entries(directory: str) -> list[str]:

@@ -7,6 +7,7 @@ import subprocess
 import time
 from typing import Any
 
+from snaptastic_lab.namespace import own_namespace_argv
 from tests.lab.agent import configure, ok, our_volumes, volumes, wait_for_call
 
 
@@ -105,7 +106,7 @@ def test_two_agents_racing_for_one_set_of_leftovers(lab: Any) -> None:
     lab.new_instance()
     other = lab.add_neighbour()
     # Each agent in a mount namespace of its own, as on two machines: the same mount points do not collide.
-    agents = [subprocess.Popen(["unshare", "-m", "--propagation", "private", "snaptastic", "mount-snapshots", "solr", "--json"],
+    agents = [subprocess.Popen(own_namespace_argv(["snaptastic", "mount-snapshots", "solr", "--json"]),
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for env in (lab.env, other.env)]
     reports = []
