@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 
@@ -10,4 +13,8 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"unit test tried to run a command: {args!r}")
 
-    monkeypatch.setattr("snaptastic_boot.system.runner.subprocess.run", refuse)
+    # subprocess.run for the commands `runner.run` makes, Popen for the processes `runner.spawn` starts (the
+    # thaw guard) and anything else that would start one.
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "system", refuse)
