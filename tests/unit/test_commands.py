@@ -70,12 +70,12 @@ def test_first_boot_creates_formats_mounts_and_writes_fstab_and_a_rerun_changes_
     code, out, _ = agent("mount-snapshots", "solr")
     assert code == 0, out
     assert agent.ec2.calls["CreateVolume"] == 2 and agent.ec2.calls["AttachVolume"] == 2
-    assert sorted(e for e in agent.devices.events if e.startswith("mkfs")) == sorted(f"mkfs {v}" for v in agent.ec2.volumes)
-    assert set(agent.devices.table) == set(MOUNTS)
+    assert sorted(e for e in agent.devices.events if e.startswith("mkfs")) == sorted(f"mkfs {v}" for v in agent.ec2.data_volumes())
+    assert set(agent.devices.table) == {"/", *MOUNTS}
     text = agent.fstab.read_text()
     assert text.startswith("# static file system information\n/dev/xvda1 / ext4 defaults 0 1\n")
     assert text.count("# snaptastic-boot: managed entry for") == 2 and "UUID=" in text
-    assert agent.ec2.delete_on_termination == {"/dev/sdf": True, "/dev/sdg": True}
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": True, "/dev/sdg": True}
     before = agent.ec2.mutating_calls
     assert agent("mount-snapshots", "solr")[0] == 0
     assert agent.ec2.mutating_calls == before and agent.fstab.read_text() == text
@@ -124,7 +124,7 @@ def test_make_snapshots_freezes_every_target_takes_one_call_and_thaws(agent: Age
 
 def test_a_failing_snapshot_call_still_thaws_everything(agent: Agent) -> None:
     agent("mount-snapshots", "solr")
-    agent.ec2.failing["CreateSnapshots"] = "InternalError"
+    agent.ec2.fail("CreateSnapshots", "InternalError")
     code, _, err = agent("make-snapshots", "solr")
     assert code == 1 and "CreateSnapshots failed: InternalError" in err
     assert not agent.devices.frozen and sum(e.startswith("thaw") for e in agent.devices.events) == 2
@@ -132,7 +132,7 @@ def test_a_failing_snapshot_call_still_thaws_everything(agent: Agent) -> None:
 
 def test_a_refused_create_snapshots_falls_back_to_one_call_per_volume(agent: Agent) -> None:
     agent("mount-snapshots", "solr")
-    agent.ec2.failing["CreateSnapshots"] = "UnauthorizedOperation"
+    agent.ec2.fail("CreateSnapshots", "UnauthorizedOperation")
     assert agent("make-snapshots", "solr")[0] == 0
     assert agent.ec2.calls["CreateSnapshot"] == 2 and not agent.devices.frozen
 
@@ -141,10 +141,10 @@ def test_unmount_snapshots_then_detaches_and_marks_the_volumes(agent: Agent) -> 
     agent("mount-snapshots", "solr")
     code, out, _ = agent("unmount-snapshots", "solr", "--yes")
     assert code == 0 and out.count("snapshot snap-") == 2
-    assert not agent.devices.table and "managed entry" not in agent.fstab.read_text()
-    assert all(not v["Attachments"] and "detached" in {t["Key"] for t in v["Tags"]} for v in agent.ec2.volumes.values())
+    assert set(agent.devices.table) == {"/"} and "managed entry" not in agent.fstab.read_text()
+    assert all(not v["Attachments"] and "detached" in {t["Key"] for t in v["Tags"]} for v in agent.ec2.data_volumes().values())
     snapped = {s["VolumeId"] for s in agent.ec2.snapshots.values()}
-    assert snapped == set(agent.ec2.volumes)
+    assert snapped == set(agent.ec2.data_volumes())
 
 
 def test_clean_deletes_only_expired_beyond_keep_and_never_an_ami_snapshot(agent: Agent) -> None:
@@ -190,7 +190,7 @@ def test_every_exit_code(agent: Agent, monkeypatch: pytest.MonkeyPatch, setup: s
     elif setup == "no-credentials":
         agent.ec2_error = CredentialsMissing("no AWS credentials found")
     elif setup == "ec2-fails":
-        agent.ec2.failing["CreateVolume"] = "InsufficientVolumeCapacity"
+        agent.ec2.fail("CreateVolume", "InsufficientVolumeCapacity")
     elif setup == "bug":
         monkeypatch.setattr(agent.devices, "mount", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     got, _, err = agent(*argv)
@@ -263,7 +263,7 @@ def test_reuse_reattaches_a_replaced_instances_volumes_whole_and_makes_them_ours
     for vid in left.values():
         assert {t["Key"]: t["Value"] for t in agent.ec2.volumes[vid]["Tags"]}["instance_id"] == INSTANCE_ID
     assert not [e for e in agent.devices.events if e.startswith("mkfs")]
-    assert agent.ec2.delete_on_termination == {"/dev/sdf": False, "/dev/sdg": False}
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": False, "/dev/sdg": False}
 
 
 def test_reuse_with_delete_on_termination_is_a_config_error(agent: Agent) -> None:
@@ -283,6 +283,8 @@ def test_two_agents_racing_for_one_group_exactly_one_takes_it(tmp_path: Path) ->
     for mp in MOUNTS:
         ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"})
     leftovers = ec2.describe_volumes()
+    for instance_id in ("i-0one", "i-0two"):
+        ec2.add_instance(instance_id)
     results: dict[str, list[str | None]] = {}
     start = threading.Barrier(2)
 
@@ -310,6 +312,7 @@ def test_a_group_taken_in_part_is_given_back_whole(tmp_path: Path) -> None:
                                          for d, mp in zip(("/dev/sdf", "/dev/sdg"), MOUNTS)), TAGS, reuse_volumes=True)
     left = left_behind(type("A", (), {"ec2": ec2})(), "i-0gone")  # type: ignore[arg-type]
     plan = restore.plan_restore(spec, INSTANCE_ID, ZONE, [], [], [], leftovers=ec2.describe_volumes())
+    ec2.add_instance("i-0other")
     ec2.attach_volume(left["/mnt/solr"], "i-0other", "/dev/sdf")  # another agent won the second one meanwhile
     report = Restorer(ec2, FakeDevices(ec2), tmp_path / "fstab").apply(plan)
     assert ec2.volumes[left["/mnt/logs"]]["State"] == "available"  # given back
