@@ -185,7 +185,7 @@ class FakeEc2:
         self._faults.pop(action, None)
 
     def when(self, action: str, fn: Callable[[], None]) -> None:
-        """Run `fn` each time `action` is called, after the call took effect (a signal, another agent...)."""
+        """Run `fn` each time `action` is called, as the request arrives (a signal, another agent...)."""
         self._hooks.setdefault(action, []).append(fn)
 
     def attached(self, instance_id: str = INSTANCE_ID) -> list[dict[str, Any]]:
@@ -215,6 +215,8 @@ class FakeEc2:
     def _call(self, action: str) -> None:
         self.calls[action] += 1
         self.log.append(action)
+        for fn in self._hooks.get(action, []):
+            fn()
         fault = self._faults.get(action)
         if fault is not None:
             error, left = fault
@@ -223,10 +225,6 @@ class FakeEc2:
                 if fault[1] <= 0:
                     del self._faults[action]
             raise error
-
-    def _after(self, action: str) -> None:
-        for fn in self._hooks.get(action, []):
-            fn()
 
     def _start(self, resource_id: str, polls: int, finish: Callable[[], None]) -> None:
         self._transitions[resource_id] = [polls, finish]
@@ -276,18 +274,14 @@ class FakeEc2:
                 if states and sid in self.snapshots:
                     self.snapshots[sid]["State"] = states.pop(0)
             chosen = [self._snapshot("DescribeSnapshots", s) for s in snapshot_ids] if snapshot_ids else self.snapshots.values()
-            found = [_copy(s) for s in chosen if _matches(s, filters)]
-        self._after("DescribeSnapshots")
-        return found
+            return [_copy(s) for s in chosen if _matches(s, filters)]
 
     def describe_volumes(self, filters: list[dict[str, Any]] | None = None, volume_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
         with self._lock:
             self._call("DescribeVolumes")
             self._poll("vol-")
             chosen = [self._volume("DescribeVolumes", v) for v in volume_ids] if volume_ids else self.volumes.values()
-            found = [_copy(v) for v in chosen if _matches(v, filters or [])]
-        self._after("DescribeVolumes")
-        return found
+            return [_copy(v) for v in chosen if _matches(v, filters or [])]
 
     def describe_instance(self, instance_id: str) -> dict[str, Any]:
         with self._lock:
@@ -344,9 +338,7 @@ class FakeEc2:
             self._start(vid, self.create_polls, lambda: volume.update(State="available"))
             if token:
                 self._tokens[token] = (fingerprint, vid)
-            answer = _copy(volume)
-        self._after("CreateVolume")
-        return answer
+            return _copy(volume)
 
     def attach_volume(self, volume_id: str, instance_id: str, device: str) -> dict[str, Any]:
         with self._lock:
@@ -367,9 +359,7 @@ class FakeEc2:
             volume["Attachments"] = [att]
             volume["State"] = "in-use"
             self._start(volume_id, self.attach_polls, lambda: att.update(State="attached"))
-            answer = dict(att)
-        self._after("AttachVolume")
-        return answer
+            return dict(att)
 
     def detach_volume(self, volume_id: str) -> dict[str, Any]:
         with self._lock:
@@ -387,9 +377,7 @@ class FakeEc2:
                 volume["State"] = "available"
 
             self._start(volume_id, self.detach_polls, gone)
-            answer = dict(att)
-        self._after("DetachVolume")
-        return answer
+            return dict(att)
 
     def delete_volume(self, volume_id: str) -> None:
         with self._lock:
@@ -398,7 +386,6 @@ class FakeEc2:
             if volume["State"] != "available":
                 raise AwsError("DeleteVolume", "VolumeInUse", f"Volume {volume_id} is currently attached to an instance")
             del self.volumes[volume_id]
-        self._after("DeleteVolume")
 
     def set_delete_on_termination(self, instance_id: str, devices: dict[str, bool]) -> None:
         with self._lock:
@@ -410,14 +397,16 @@ class FakeEc2:
                     raise AwsError("ModifyInstanceAttribute", "InvalidInstanceAttributeValue",
                                    f"No device is currently mapped at {device}")
                 by_device[device]["DeleteOnTermination"] = flag
-        self._after("ModifyInstanceAttribute")
 
-    def _snapshot_of(self, action: str, volume: dict[str, Any], description: str, tags: dict[str, str]) -> dict[str, Any]:
+    def _check_pending(self, action: str, volume: dict[str, Any]) -> None:
         vid = volume["VolumeId"]
         pending = [s for s in self.snapshots.values() if s["VolumeId"] == vid and s["State"] == "pending"]
         if len(pending) >= (1 if volume["VolumeType"] in ("st1", "sc1") else 5):
             raise AwsError(action, "SnapshotCreationPerVolumeRateExceeded",
                            f"The maximum per volume CreateSnapshot request rate has been exceeded for {vid}")
+
+    def _snapshot_of(self, volume: dict[str, Any], description: str, tags: dict[str, str]) -> dict[str, Any]:
+        vid = volume["VolumeId"]
         sid = _id("snap")
         snap = {"SnapshotId": sid, "VolumeId": vid, "State": "pending", "StartTime": _now(), "Progress": "",
                 "VolumeSize": volume["Size"], "OwnerId": "123456789012", "Description": description,
@@ -431,24 +420,25 @@ class FakeEc2:
     def create_snapshots(self, instance_id: str, exclude_volume_ids: Sequence[str], tags: dict[str, str],
                          description: str) -> list[dict[str, Any]]:
         """CreateSnapshots with ExcludeBootVolume and CopyTagsFromSource=volume (what `system.ec2` sends): one
-        snapshot per attached data volume not excluded, with the volume's tags and the given ones (these win)."""
+        snapshot per attached data volume not excluded, with the volume's tags and the given ones (these win).
+        All or nothing."""
         with self._lock:
             self._call("CreateSnapshots")
             self._instance("CreateSnapshots", instance_id)
             for vid in exclude_volume_ids:
                 self._volume("CreateSnapshots", vid)
-            made = [self._snapshot_of("CreateSnapshots", v, description, {**tags_of(v), **tags})
-                    for v in self.attached(instance_id)
-                    if v["Attachments"][0]["Device"] != ROOT_DEVICE and v["VolumeId"] not in exclude_volume_ids]
-        self._after("CreateSnapshots")
-        return made
+            targets = [v for v in self.attached(instance_id)
+                       if v["Attachments"][0]["Device"] != ROOT_DEVICE and v["VolumeId"] not in exclude_volume_ids]
+            for v in targets:
+                self._check_pending("CreateSnapshots", v)
+            return [self._snapshot_of(v, description, {**tags_of(v), **tags}) for v in targets]
 
     def create_snapshot(self, volume_id: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
         with self._lock:
             self._call("CreateSnapshot")
-            made = self._snapshot_of("CreateSnapshot", self._volume("CreateSnapshot", volume_id), description, dict(tags))
-        self._after("CreateSnapshot")
-        return made
+            volume = self._volume("CreateSnapshot", volume_id)
+            self._check_pending("CreateSnapshot", volume)
+            return self._snapshot_of(volume, description, dict(tags))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self._lock:
@@ -458,7 +448,6 @@ class FakeEc2:
                 raise AwsError("DeleteSnapshot", "InvalidSnapshot.InUse",
                                f"The snapshot {snapshot_id} is currently in use by {self.images[snapshot_id]}")
             del self.snapshots[snapshot_id]
-        self._after("DeleteSnapshot")
 
     def create_tags(self, resource_ids: Sequence[str], tags: dict[str, str]) -> None:
         with self._lock:
@@ -467,7 +456,6 @@ class FakeEc2:
                      for r in resource_ids]
             for resource in found:
                 _set_tags(resource, tags)
-        self._after("CreateTags")
 
     def prepare(self, *actions: str) -> None:
         """Nothing to resolve in memory; not an API call."""
