@@ -121,3 +121,18 @@ def test_the_restore_plan_never_reattaches_a_detached_volume(host: Host) -> None
                                 host.ours(), host.devices.mounts())
     assert all(s.action == Action.CREATE and s.snapshot for s in plan.steps)
 
+
+def test_delete_snapshots_a_volume_detached_behind_the_agents_back_before_deleting_it(host: Host) -> None:
+    """Detached from the console or by a force-detach, it may hold writes that no snapshot has: --delete
+    deletes only volumes whose data this run's snapshot holds."""
+    solr = next(vid for vid, v in host.ec2.data_volumes().items() if tags.tags_of(v)["mount_point"] == "/mnt/solr")
+    host.devices.umount("/mnt/solr")
+    host.ec2.detach_volume(solr)
+    host.ec2.describe_volumes()  # the detachment completes
+    plan = unmount.plan_unmount(SPEC, INSTANCE_ID, host.ours(), host.devices.mounts(), delete=True)
+    assert f"/mnt/solr: remove fstab entry, snapshot {solr}, delete {solr}" in plan.render()
+    host.unmount(delete=True)
+    assert not host.ec2.data_volumes() and host.ec2.calls["DetachVolume"] == 1  # only the attached one
+    assert {s["VolumeId"] for s in host.ec2.snapshots.values()} >= {solr}
+    host.restore()
+    assert "after the last make-snapshots" in host.devices.files("/mnt/solr")["data"]
