@@ -440,8 +440,9 @@ def test_list_volumes_shows_each_mount_point(agent: Agent) -> None:
         ["check-backups", "--age", "soon"],
         ["check-backups", "--tag", "role"],
         ["frobnicate"],
+        [],
     ],
-    ids=" ".join,
+    ids=lambda argv: " ".join(argv) or "no command",
 )
 def test_exit_2_for_bad_arguments_with_nothing_changed(agent: Agent, argv: list[str]) -> None:
     code, _, err = agent(*argv)
