@@ -66,6 +66,8 @@ def _matches(resource: dict[str, Any], filters: Sequence[dict[str, Any]]) -> boo
             ok = any(k in have for k in values)
         elif name == "volume-id":
             ok = resource.get("VolumeId") in values
+        elif name == "snapshot-id":
+            ok = resource.get("SnapshotId") in values
         elif name == "status":
             ok = resource.get("State") in values
         elif name == "attachment.instance-id":
