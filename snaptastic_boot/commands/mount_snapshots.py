@@ -33,7 +33,9 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
         recover(r)
         fstab.check(r.paths.fstab)  # before anything changes: the run ends by editing it
         snapshots = ec2.describe_snapshots(tags.snapshot_filters(r.spec))
-        found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []
+        # A filter, not SnapshotIds: EC2 answers an error for an id that does not exist, and check_pinned
+        # should name the pin that is wrong (bad input) instead of the run failing on the call.
+        found = ec2.describe_snapshots([{"Name": "snapshot-id", "Values": list(pinned_ids.values())}]) if pinned_ids else []
         pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
         ours = ec2.describe_volumes(filters=tags.volume_filters(r.spec, meta.instance_id))
         instance = ec2.describe_instance(meta.instance_id)

@@ -480,6 +480,18 @@ def test_exit_2_for_bad_userdata_config_or_settings_file(agent: Agent, tmp_path:
     assert agent.ec2.total_calls == 0 and not agent.devices.events  # refused before EC2 was asked anything
 
 
+@pytest.mark.parametrize("pin", ["/mnt/solr=snap-0123456789abcdef0", "/mnt/other={ours}", "/mnt/solr={pending}"],
+                         ids=["no-such-snapshot", "not-configured", "pending"])
+def test_exit_2_for_a_pin_that_cannot_be_restored(agent: Agent, pin: str) -> None:
+    ours = agent.ec2.add_snapshot("/mnt/solr", TAGS)
+    pending = agent.ec2.add_snapshot("/mnt/solr", TAGS, state="pending")
+    mount_point, snapshot_id = pin.format(ours=ours, pending=pending).split("=")
+    code, _, err = agent("mount-snapshots", "solr", "--snapshot", f"{mount_point}={snapshot_id}")
+    assert code == 2, err
+    assert (mount_point if mount_point == "/mnt/other" else snapshot_id) in err  # names what is wrong
+    assert agent.ec2.mutating_calls == 0
+
+
 def test_a_pinned_snapshot_of_another_cluster_needs_force(agent: Agent) -> None:
     for mp in MOUNTS:
         agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, files={"v": "ours"})
