@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
+import os
+import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,8 +375,6 @@ def test_clean_deletes_only_this_snapshotters_expired_completed_snapshots(agent:
 
 
 def test_clean_asks_first_and_a_no_or_no_answer_deletes_nothing(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
-
     agent.ec2.add_snapshot("/mnt/solr", {**TAGS, "expires": "2020-01-01T00:00:00Z"}, minutes_ago=500)
     agent.ec2.add_snapshot("/mnt/solr", TAGS, minutes_ago=5)
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
@@ -383,8 +386,6 @@ def test_clean_asks_first_and_a_no_or_no_answer_deletes_nothing(agent: Agent, mo
 
 
 def test_clean_volumes_deletes_a_detached_volume_its_snapshot_holds_and_keeps_any_other(agent: Agent) -> None:
-    import datetime as dt
-
     assert agent("mount-snapshots", "solr")[0] == 0
     assert agent("unmount-snapshots", "solr", "--yes")[0] == 0
     detached = set(agent.ec2.data_volumes())
@@ -509,8 +510,6 @@ def test_exit_3_when_the_lock_cannot_be_made(agent: Agent) -> None:
 
 
 def test_snaptastic_test_exit_0_when_ready_and_3_without_tools(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
-
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")
     code, out, _ = agent("test")
     assert code == 0 and f"sees {INSTANCE_ID}" in out and "cluster: search" in out
@@ -542,8 +541,6 @@ def test_exit_4_for_every_command_that_changes_volumes(agent: Agent, argv: list[
     ],
 )
 def test_exit_1_when_an_operation_fails(agent: Agent, monkeypatch: pytest.MonkeyPatch, setup: str, argv: list[str]) -> None:
-    import io
-
     if setup == "no-device":
         monkeypatch.setenv("SNAPTASTIC_WAIT_TIMEOUT", "0.05")
         agent.ec2.when("AttachVolume", lambda: agent.devices.missing.update(agent.ec2.data_volumes()))
@@ -582,3 +579,46 @@ def test_an_interrupt_is_exit_1_and_version_is_exit_0(agent: Agent, monkeypatch:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])
     assert exited.value.code == 0
+
+
+# -- real signals, in this process ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sigterm_caught() -> Iterator[list[int]]:
+    """A SIGTERM handler of the test's own, so that a signal the agent does not handle cannot end pytest."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_mount_snapshots_stops_between_steps_and_a_rerun_finishes(agent: Agent, sigterm_caught: list[int]) -> None:
+    def first_create_only() -> None:
+        if agent.ec2.calls["CreateVolume"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    agent.ec2.when("CreateVolume", first_create_only)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 1 and "stopped by SIGTERM after creating volumes" in err
+    assert len(agent.ec2.data_volumes()) == 2 and agent.ec2.calls["AttachVolume"] == 0 and not sigterm_caught
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert len(agent.ec2.data_volumes()) == 2 and set(agent.devices.table) == {"/", *MOUNTS}
+
+
+def test_sigterm_while_frozen_thaws_at_once_and_exits(agent: Agent, sigterm_caught: list[int]) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    frozen_then: list[set[str]] = []
+
+    def signal_arrives() -> None:  # while the agent waits for CreateSnapshots' answer
+        frozen_then.append(set(agent.devices.frozen))
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached: the handler thaws and exits before the next line of Python")
+
+    agent.ec2.when("CreateSnapshots", signal_arrives)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["make-snapshots", "solr"])
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert frozen_then == [set(MOUNTS)] and not agent.devices.frozen and not agent.ec2.snapshots
+    assert sorted(e for e in agent.devices.events if e.startswith("thaw")) == sorted(f"thaw {mp}" for mp in MOUNTS)
+    assert sigterm_caught == [signal.SIGTERM]  # the handler that was there before was called too
