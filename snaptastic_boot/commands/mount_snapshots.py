@@ -39,13 +39,14 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
         pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
         ours = ec2.describe_volumes(filters=tags.volume_filters(r.spec, meta.instance_id))
         instance = ec2.describe_instance(meta.instance_id)
-        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"]
-                    for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")}
+        mappings = [m for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]
+        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"] for m in mappings}
+        flags = {m["Ebs"]["VolumeId"]: m["Ebs"]["DeleteOnTermination"] for m in mappings if "DeleteOnTermination" in m["Ebs"]}
         leftovers = ec2.describe_volumes(filters=[*tags.volume_filters(r.spec), {"Name": "status", "Values": ["available"]}]) \
             if r.spec.reuse_volumes else []
         plan = restore.plan_restore(r.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
                                     r.devices.mounts(), pinned=pinned, before=before_time, occupied=occupied,
-                                    leftovers=leftovers)
+                                    leftovers=leftovers, delete_on_termination=flags)
         if dry_run:
             return show_plan(plan, as_json, fstab_line=fstab_preview)
         for note in plan.notes:

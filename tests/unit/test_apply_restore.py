@@ -46,9 +46,11 @@ class Host:
         snapshots = self.ec2.describe_snapshots(tags.snapshot_filters(self.spec))
         ours = self.ec2.describe_volumes(filters=tags.volume_filters(self.spec, INSTANCE_ID))
         instance = self.ec2.describe_instance(INSTANCE_ID)
-        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]}
+        mappings = instance["BlockDeviceMappings"]
+        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"] for m in mappings}
+        flags = {m["Ebs"]["VolumeId"]: m["Ebs"]["DeleteOnTermination"] for m in mappings}
         plan = restore.plan_restore(self.spec, INSTANCE_ID, ZONE, snapshots, ours, self.devices.mounts(),
-                                    occupied=occupied, **kw)
+                                    occupied=occupied, delete_on_termination=flags, **kw)
         self.ec2.calls.clear()
         self.ec2.log.clear()
         return plan
@@ -228,3 +230,35 @@ def test_fstab_lines_of_others_are_kept_byte_for_byte(host: Host) -> None:
     text = host.fstab.read_bytes()
     assert text.startswith(theirs) and set(host.fstab_uuids()) == {"/mnt/solr"}
     assert fstab.managed_mount_points(text) == ["/mnt/solr"]
+
+
+@pytest.mark.parametrize("first_run", ["call-failed", "attach-wait-gave-up"])
+def test_delete_on_termination_is_set_by_the_rerun_when_the_first_run_did_not(host: Host, first_run: str) -> None:
+    """Left unset, the volumes outlive the instance, and clean volumes keeps them (no detached mark)."""
+    if first_run == "call-failed":
+        host.ec2.fail("ModifyInstanceAttribute", "InternalError", times=1)
+        with pytest.raises(AwsError, match="InternalError"):
+            host.apply()
+    else:
+        host.ec2.attach_polls = 3
+        with pytest.raises(WaitTimeout, match="volumes attached"):
+            host.apply(wait_timeout=0)
+    assert host.ec2.delete_on_termination() == {"/dev/sdf": False, "/dev/sdg": False}
+    plan = host.plan()
+    assert {s.action for s in plan.steps} == {Action.MOUNT if first_run == "call-failed" else Action.AWAIT_ATTACHMENT}
+    assert all(s.set_delete_on_termination for s in plan.steps) and "set DeleteOnTermination True" in plan.render()
+    host.apply(plan)
+    assert host.ec2.delete_on_termination() == {"/dev/sdf": True, "/dev/sdg": True}
+    assert set(host.devices.table) == {"/", *MOUNTS}
+    host.apply()  # and once they are mounted, a rerun changes nothing
+    assert host.ec2.mutating_calls == 0
+
+
+def test_after_a_reboot_the_volumes_are_mounted_again_without_a_changing_call(host: Host) -> None:
+    host.apply()
+    for mp in MOUNTS:
+        host.devices.umount(mp)  # a reboot: the mounts are gone, the attachments stay
+    plan = host.plan()
+    assert [(s.action, s.set_delete_on_termination) for s in plan.steps] == [(Action.MOUNT, False)] * 2
+    host.apply(plan)
+    assert host.ec2.mutating_calls == 0 and set(host.devices.table) == {"/", *MOUNTS}

@@ -622,3 +622,16 @@ def test_sigterm_while_frozen_thaws_at_once_and_exits(agent: Agent, sigterm_caug
     assert frozen_then == [set(MOUNTS)] and not agent.devices.frozen and not agent.ec2.snapshots
     assert sorted(e for e in agent.devices.events if e.startswith("thaw")) == sorted(f"thaw {mp}" for mp in MOUNTS)
     assert sigterm_caught == [signal.SIGTERM]  # the handler that was there before was called too
+
+
+def test_a_failed_delete_on_termination_call_is_made_good_by_the_next_run_and_a_reboot_makes_none(agent: Agent) -> None:
+    agent.ec2.fail("ModifyInstanceAttribute", "InternalError", times=1)
+    assert agent("mount-snapshots", "solr")[0] == 1
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": False, "/dev/sdg": False}
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": True, "/dev/sdg": True}
+    for mp in MOUNTS:
+        agent.devices.umount(mp)  # a reboot
+    agent.ec2.calls.clear()
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent.ec2.mutating_calls == 0 and set(agent.devices.table) == {"/", *MOUNTS}
