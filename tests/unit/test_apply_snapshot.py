@@ -32,9 +32,12 @@ class Host:
         self.devices = FakeDevices(self.ec2)
         self.volume = {mp: self.mounted(mp, dev, {**TAGS, "mount_point": mp, "instance_id": INSTANCE_ID} if tagged else {})
                        for mp, dev in MOUNTS.items()}
-        self.frozen_during: dict[str, set[str]] = {}
-        for action in ("CreateSnapshots", "CreateSnapshot"):
-            self.ec2.when(action, lambda action=action: self.frozen_during.setdefault(action, set(self.devices.frozen)))
+        self.frozen_during: dict[str, set[str]] = {}  # what was frozen when each snapshot call came in, first time
+        self.ec2.when("CreateSnapshots", lambda: self.note_frozen("CreateSnapshots"))
+        self.ec2.when("CreateSnapshot", lambda: self.note_frozen("CreateSnapshot"))
+
+    def note_frozen(self, action: str) -> None:
+        self.frozen_during.setdefault(action, set(self.devices.frozen))
 
     def mounted(self, mount_point: str, device: str, volume_tags: dict[str, str]) -> str:
         vid = self.ec2.add_volume(tags=volume_tags, disk=Disk("ext4", f"uuid-{mount_point}", {}, 1))
@@ -65,7 +68,7 @@ class Host:
         return sorted(e for e in self.devices.events if e.startswith("thaw"))
 
 
-def test_every_target_is_frozen_during_one_call_and_thawed_after(tmp_path: Any) -> None:
+def test_every_target_is_frozen_during_one_call_and_thawed_after() -> None:
     host = Host()
     other = host.mounted("/mnt/scratch", "/dev/sdh", {})  # attached and mounted, but not this snapshotter's
     report = host.apply()

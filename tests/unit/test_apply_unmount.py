@@ -4,6 +4,7 @@ one set, detached and marked, and the next mount-snapshots restores every byte f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ class Host:
         self.fstab = tmp_path / "fstab"
         self.fstab.write_bytes(OTHERS)
 
-    def ours(self) -> list[dict[str, object]]:
+    def ours(self) -> list[dict[str, Any]]:
         return self.ec2.describe_volumes(filters=tags.volume_filters(SPEC, INSTANCE_ID))
 
     def restore(self) -> None:
@@ -43,7 +44,7 @@ class Host:
         plan = restore.plan_restore(SPEC, INSTANCE_ID, ZONE, snapshots, self.ours(), self.devices.mounts())
         Restorer(self.ec2, self.devices, self.fstab).apply(plan)
 
-    def unmount(self, delete: bool = False) -> dict[str, object]:
+    def unmount(self, delete: bool = False) -> dict[str, Any]:
         plan = unmount.plan_unmount(SPEC, INSTANCE_ID, self.ours(), self.devices.mounts(), delete=delete,
                                     description="search snapshot")
         self.ec2.calls.clear()
