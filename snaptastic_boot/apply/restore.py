@@ -163,9 +163,10 @@ class Restorer:
             waits.until("volumes attached", [w.volume_id for w in to_wait], self._volume_states,
                         lambda v: attachment_state(v, plan.instance_id) == "attached", failed=waits.volume_gone,
                         label=_labeller(to_wait), limit=waits.bound(ATTACH_WAIT, self.wait_timeout))
-        if to_attach or reattached:
+        flagged = to_attach + reattached + [w for w in work if w.step.set_delete_on_termination]
+        if flagged:
             self.ec2.set_delete_on_termination(plan.instance_id, {w.step.device: w.step.spec.delete_on_termination
-                                                                  for w in to_attach + reattached})
+                                                                  for w in flagged})
 
     def _mount_all(self, work: list[Work], results: dict[str, VolumeResult]) -> None:
         pending = [w for w in work if w.step.action != Action.MOUNTED]

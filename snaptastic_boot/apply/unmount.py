@@ -41,11 +41,12 @@ class Unmounter:
         if fstab.write_atomic(self.fstab_path, fstab.merge(old, remove=mount_points)):
             done.append("removed fstab entries")
         unmounted_at = times.iso(times.now())
-        detach = [(s.mount_point, s.volume_id) for s in plan.to_snapshot if s.volume_id]
+        snap = [(s.mount_point, s.volume_id) for s in plan.to_snapshot if s.volume_id]
+        detach = [(s.mount_point, s.volume_id) for s in plan.to_snapshot if s.volume_id and s.attached]
         # Unmounted, nothing writes any more: these snapshots hold every byte, and they are one set.
         made = run_all(lambda mv: self.ec2.create_snapshot(mv[1], plan.description,
-                                                           {**plan.snapshot_tags, tags.MOUNT_POINT: mv[0]}), detach)
-        done += [f"snapshot {s['SnapshotId']} of {mp}" for (mp, _), s in zip(detach, made)]
+                                                           {**plan.snapshot_tags, tags.MOUNT_POINT: mv[0]}), snap)
+        done += [f"snapshot {s['SnapshotId']} of {mp}" for (mp, _), s in zip(snap, made)]
         for _, volume_id in detach:
             self.ec2.detach_volume(volume_id)
         if detach:

@@ -33,17 +33,20 @@ def run(name: str, inputs: Inputs, *, pins: Sequence[str] = (), before: str | No
         recover(r)
         fstab.check(r.paths.fstab)  # before anything changes: the run ends by editing it
         snapshots = ec2.describe_snapshots(tags.snapshot_filters(r.spec))
-        found = ec2.describe_snapshots([], snapshot_ids=list(pinned_ids.values())) if pinned_ids else []
+        # A filter, not SnapshotIds: EC2 answers an error for an id that does not exist, and check_pinned
+        # should name the pin that is wrong (bad input) instead of the run failing on the call.
+        found = ec2.describe_snapshots([{"Name": "snapshot-id", "Values": list(pinned_ids.values())}]) if pinned_ids else []
         pinned = restore.check_pinned(r.spec, pinned_ids, found, force)
         ours = ec2.describe_volumes(filters=tags.volume_filters(r.spec, meta.instance_id))
         instance = ec2.describe_instance(meta.instance_id)
-        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"]
-                    for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")}
+        mappings = [m for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs")]
+        occupied = {canonical_device(m["DeviceName"]): m["Ebs"]["VolumeId"] for m in mappings}
+        flags = {m["Ebs"]["VolumeId"]: m["Ebs"]["DeleteOnTermination"] for m in mappings if "DeleteOnTermination" in m["Ebs"]}
         leftovers = ec2.describe_volumes(filters=[*tags.volume_filters(r.spec), {"Name": "status", "Values": ["available"]}]) \
             if r.spec.reuse_volumes else []
         plan = restore.plan_restore(r.spec, meta.instance_id, meta.availability_zone, snapshots, ours,
                                     r.devices.mounts(), pinned=pinned, before=before_time, occupied=occupied,
-                                    leftovers=leftovers)
+                                    leftovers=leftovers, delete_on_termination=flags)
         if dry_run:
             return show_plan(plan, as_json, fstab_line=fstab_preview)
         for note in plan.notes:

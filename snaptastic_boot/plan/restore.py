@@ -55,6 +55,8 @@ class VolumeStep:
     size: int = 0
     format_if_blank: bool = False
     grow: bool = False
+    # An earlier run attached the volume and ended before it set DeleteOnTermination as configured.
+    set_delete_on_termination: bool = False
 
     def describe(self) -> str:
         s = self.spec
@@ -73,7 +75,8 @@ class VolumeStep:
         else:
             what = f"create empty {self.size} GiB {s.volume_type}"
         fmt = f"format {s.filesystem} if blank" if self.format_if_blank else "never format"
-        return f"{self.mount_point}: {what}; device {self.device}; {fmt}{'; grow filesystem' if self.grow else ''}"
+        flag = f"; set DeleteOnTermination {s.delete_on_termination}" if self.set_delete_on_termination else ""
+        return f"{self.mount_point}: {what}; device {self.device}; {fmt}{'; grow filesystem' if self.grow else ''}{flag}"
 
 
 @dataclass(frozen=True)
@@ -233,9 +236,11 @@ def plan_restore(
     before: dt.datetime | None = None,
     occupied: dict[str, str] | None = None,
     leftovers: Sequence[dict[str, Any]] = (),
+    delete_on_termination: dict[str, bool] | None = None,
 ) -> RestorePlan:
     """Decide, per configured volume, whether to keep, mount, attach or create, and from which snapshot.
-    `occupied` maps the instance's attachment points (canonical device names) to the volumes in them."""
+    `occupied` maps the instance's attachment points (canonical device names) to the volumes in them;
+    `delete_on_termination` their volumes to DeleteOnTermination, as the instance's block device mapping says."""
     sources = choose_sources(spec, snapshots, pinned or {}, before)
     occupied = occupied or {}
     mounted_at = {m.mount_point: m for m in mounts}
@@ -256,9 +261,12 @@ def plan_restore(
                 action = Action.ATTACH
             if action == Action.ATTACH:
                 _check_free(v.mount_point, device, existing["VolumeId"], occupied)
+            flag = (delete_on_termination or {}).get(existing["VolumeId"])
             steps.append(VolumeStep(v.mount_point, device, action, v, volume_id=existing["VolumeId"],
                                     size=int(existing.get("Size", v.size)),
-                                    format_if_blank=not existing.get("SnapshotId")))
+                                    format_if_blank=not existing.get("SnapshotId"),
+                                    set_delete_on_termination=action in (Action.MOUNT, Action.AWAIT_ATTACHMENT)
+                                    and flag is not None and flag != v.delete_on_termination))
             continue
         if v.mount_point in mounted_at:
             m = mounted_at[v.mount_point]

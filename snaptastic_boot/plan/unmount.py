@@ -37,8 +37,10 @@ class UnmountPlan:
 
     @property
     def to_snapshot(self) -> tuple[UnmountStep, ...]:
-        """Every attached volume: snapshotted once unmounted, before it is detached."""
-        return tuple(s for s in self.steps if s.volume_id and s.attached)
+        """Every attached volume, snapshotted once unmounted, before it is detached; and every volume that is
+        going to be deleted, attached or not (one detached behind the agent's back may hold writes no
+        snapshot has)."""
+        return tuple(s for s in self.steps if s.volume_id and (s.attached or s.delete))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,8 +49,10 @@ class UnmountPlan:
         lines = [f"unmount plan for snapshotter '{self.snapshotter}' on {self.instance_id}:"]
         for s in self.steps:
             acts = (["unmount"] if s.mounted else []) + ["remove fstab entry"]
+            if s in self.to_snapshot:
+                acts.append(f"snapshot {s.volume_id}")
             if s.volume_id and s.attached:
-                acts += [f"snapshot {s.volume_id}", f"detach {s.volume_id}"]
+                acts.append(f"detach {s.volume_id}")
             if s.volume_id and s.delete:
                 acts.append(f"delete {s.volume_id}")
             lines.append(f"  {s.mount_point}: {', '.join(acts)}")

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
+import os
+import shutil
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snaptastic_boot import cli
-from snaptastic_boot.apply import freeze
+from snaptastic_boot.apply import freeze, waits
 from snaptastic_boot.apply.restore import Restorer
 from snaptastic_boot.commands.context import Adapters
+from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.errors import CredentialsMissing, MetadataUnavailable, Stopped
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 from snaptastic_boot.plan import restore
@@ -60,6 +67,10 @@ def agent(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytes
     a = Agent(tmp_path, capsys)
     monkeypatch.setattr(Adapters, "default", staticmethod(a.adapters))
     monkeypatch.setattr(freeze, "_start_guard", lambda mount_points, max_seconds: None)  # no process in unit tests
+    # Whatever this machine has in /etc or on sys.path is not the test's settings file.
+    monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "snaptastic_settings.py",))
+    monkeypatch.delitem(sys.modules, "snaptastic_settings", raising=False)
+    monkeypatch.setattr(waits, "SLEEPS", (0.0,))
     for key, value in {"SNAPTASTIC_FSTAB": a.fstab, "SNAPTASTIC_RUN_DIR": a.run_dir, "SNAPTASTIC_CONFIG": a.config,
                        "SNAPTASTIC_WAIT_TIMEOUT": "5"}.items():
         monkeypatch.setenv(key, str(value))
@@ -70,12 +81,12 @@ def test_first_boot_creates_formats_mounts_and_writes_fstab_and_a_rerun_changes_
     code, out, _ = agent("mount-snapshots", "solr")
     assert code == 0, out
     assert agent.ec2.calls["CreateVolume"] == 2 and agent.ec2.calls["AttachVolume"] == 2
-    assert sorted(e for e in agent.devices.events if e.startswith("mkfs")) == sorted(f"mkfs {v}" for v in agent.ec2.volumes)
-    assert set(agent.devices.table) == set(MOUNTS)
+    assert sorted(e for e in agent.devices.events if e.startswith("mkfs")) == sorted(f"mkfs {v}" for v in agent.ec2.data_volumes())
+    assert set(agent.devices.table) == {"/", *MOUNTS}
     text = agent.fstab.read_text()
     assert text.startswith("# static file system information\n/dev/xvda1 / ext4 defaults 0 1\n")
     assert text.count("# snaptastic-boot: managed entry for") == 2 and "UUID=" in text
-    assert agent.ec2.delete_on_termination == {"/dev/sdf": True, "/dev/sdg": True}
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": True, "/dev/sdg": True}
     before = agent.ec2.mutating_calls
     assert agent("mount-snapshots", "solr")[0] == 0
     assert agent.ec2.mutating_calls == before and agent.fstab.read_text() == text
@@ -124,7 +135,7 @@ def test_make_snapshots_freezes_every_target_takes_one_call_and_thaws(agent: Age
 
 def test_a_failing_snapshot_call_still_thaws_everything(agent: Agent) -> None:
     agent("mount-snapshots", "solr")
-    agent.ec2.failing["CreateSnapshots"] = "InternalError"
+    agent.ec2.fail("CreateSnapshots", "InternalError")
     code, _, err = agent("make-snapshots", "solr")
     assert code == 1 and "CreateSnapshots failed: InternalError" in err
     assert not agent.devices.frozen and sum(e.startswith("thaw") for e in agent.devices.events) == 2
@@ -132,7 +143,7 @@ def test_a_failing_snapshot_call_still_thaws_everything(agent: Agent) -> None:
 
 def test_a_refused_create_snapshots_falls_back_to_one_call_per_volume(agent: Agent) -> None:
     agent("mount-snapshots", "solr")
-    agent.ec2.failing["CreateSnapshots"] = "UnauthorizedOperation"
+    agent.ec2.fail("CreateSnapshots", "UnauthorizedOperation")
     assert agent("make-snapshots", "solr")[0] == 0
     assert agent.ec2.calls["CreateSnapshot"] == 2 and not agent.devices.frozen
 
@@ -141,10 +152,10 @@ def test_unmount_snapshots_then_detaches_and_marks_the_volumes(agent: Agent) -> 
     agent("mount-snapshots", "solr")
     code, out, _ = agent("unmount-snapshots", "solr", "--yes")
     assert code == 0 and out.count("snapshot snap-") == 2
-    assert not agent.devices.table and "managed entry" not in agent.fstab.read_text()
-    assert all(not v["Attachments"] and "detached" in {t["Key"] for t in v["Tags"]} for v in agent.ec2.volumes.values())
+    assert set(agent.devices.table) == {"/"} and "managed entry" not in agent.fstab.read_text()
+    assert all(not v["Attachments"] and "detached" in {t["Key"] for t in v["Tags"]} for v in agent.ec2.data_volumes().values())
     snapped = {s["VolumeId"] for s in agent.ec2.snapshots.values()}
-    assert snapped == set(agent.ec2.volumes)
+    assert snapped == set(agent.ec2.data_volumes())
 
 
 def test_clean_deletes_only_expired_beyond_keep_and_never_an_ami_snapshot(agent: Agent) -> None:
@@ -190,7 +201,7 @@ def test_every_exit_code(agent: Agent, monkeypatch: pytest.MonkeyPatch, setup: s
     elif setup == "no-credentials":
         agent.ec2_error = CredentialsMissing("no AWS credentials found")
     elif setup == "ec2-fails":
-        agent.ec2.failing["CreateVolume"] = "InsufficientVolumeCapacity"
+        agent.ec2.fail("CreateVolume", "InsufficientVolumeCapacity")
     elif setup == "bug":
         monkeypatch.setattr(agent.devices, "mount", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     got, _, err = agent(*argv)
@@ -263,7 +274,7 @@ def test_reuse_reattaches_a_replaced_instances_volumes_whole_and_makes_them_ours
     for vid in left.values():
         assert {t["Key"]: t["Value"] for t in agent.ec2.volumes[vid]["Tags"]}["instance_id"] == INSTANCE_ID
     assert not [e for e in agent.devices.events if e.startswith("mkfs")]
-    assert agent.ec2.delete_on_termination == {"/dev/sdf": False, "/dev/sdg": False}
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": False, "/dev/sdg": False}
 
 
 def test_reuse_with_delete_on_termination_is_a_config_error(agent: Agent) -> None:
@@ -283,6 +294,8 @@ def test_two_agents_racing_for_one_group_exactly_one_takes_it(tmp_path: Path) ->
     for mp in MOUNTS:
         ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"})
     leftovers = ec2.describe_volumes()
+    for instance_id in ("i-0one", "i-0two"):
+        ec2.add_instance(instance_id)
     results: dict[str, list[str | None]] = {}
     start = threading.Barrier(2)
 
@@ -310,6 +323,7 @@ def test_a_group_taken_in_part_is_given_back_whole(tmp_path: Path) -> None:
                                          for d, mp in zip(("/dev/sdf", "/dev/sdg"), MOUNTS)), TAGS, reuse_volumes=True)
     left = left_behind(type("A", (), {"ec2": ec2})(), "i-0gone")  # type: ignore[arg-type]
     plan = restore.plan_restore(spec, INSTANCE_ID, ZONE, [], [], [], leftovers=ec2.describe_volumes())
+    ec2.add_instance("i-0other")
     ec2.attach_volume(left["/mnt/solr"], "i-0other", "/dev/sdf")  # another agent won the second one meanwhile
     report = Restorer(ec2, FakeDevices(ec2), tmp_path / "fstab").apply(plan)
     assert ec2.volumes[left["/mnt/logs"]]["State"] == "available"  # given back
@@ -339,3 +353,285 @@ def test_an_xfs_mount_that_fails_is_tried_again_with_nouuid(agent: Agent, monkey
     code, _, err = agent("mount-snapshots", "solr")
     assert code == 0 and err.count("mounting again with nouuid") == 2
     assert all("nouuid" in agent.devices.table[mp].options for mp in MOUNTS)
+
+
+# -- retention and monitoring --------------------------------------------------------------------------------
+
+
+def test_clean_deletes_only_this_snapshotters_expired_completed_snapshots(agent: Agent) -> None:
+    expired, later = {**TAGS, "expires": "2020-01-01T00:00:00Z"}, {**TAGS, "expires": "2999-01-01T00:00:00Z"}
+    old = [agent.ec2.add_snapshot("/mnt/solr", expired, minutes_ago=500 - i) for i in range(3)]  # old snaptastic ones
+    kept = {
+        agent.ec2.add_snapshot("/mnt/solr", later, minutes_ago=10),  # not expired (and the newest restore point)
+        agent.ec2.add_snapshot("/mnt/logs", expired, minutes_ago=10),  # expired, but the newest of /mnt/logs
+        agent.ec2.add_snapshot("/mnt/solr", expired, minutes_ago=400, state="pending"),  # never a pending one
+        agent.ec2.add_snapshot("/mnt/solr", {**expired, "cluster": "other"}, minutes_ago=600),  # another cluster's
+        agent.ec2.add_snapshot("/mnt/solr", {"expires": "2020-01-01T00:00:00Z"}, minutes_ago=600),  # not ours
+    }
+    code, out, _ = agent("clean", "snapshots", "solr", "--keep", "1", "--dry-run")
+    assert code == 0 and agent.ec2.mutating_calls == 0 and {ln.split()[3] for ln in out.splitlines()} == set(old)
+    assert agent("clean", "snapshots", "solr", "--keep", "1", "--force")[0] == 0
+    assert set(agent.ec2.snapshots) == kept and agent.ec2.calls["DeleteSnapshot"] == 3
+
+
+def test_clean_asks_first_and_a_no_or_no_answer_deletes_nothing(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent.ec2.add_snapshot("/mnt/solr", {**TAGS, "expires": "2020-01-01T00:00:00Z"}, minutes_ago=500)
+    agent.ec2.add_snapshot("/mnt/solr", TAGS, minutes_ago=5)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    assert agent("clean", "snapshots", "solr", "--keep", "1")[0] == 1
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, _, err = agent("clean", "snapshots", "solr", "--keep", "1")
+    assert code == 2 and "--force" in err
+    assert agent.ec2.mutating_calls == 0 and len(agent.ec2.snapshots) == 2
+
+
+def test_clean_volumes_deletes_a_detached_volume_its_snapshot_holds_and_keeps_any_other(agent: Agent) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent("unmount-snapshots", "solr", "--yes")[0] == 0
+    detached = set(agent.ec2.data_volumes())
+    two_hours_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    for v in agent.ec2.data_volumes().values():
+        v["CreateTime"] = two_hours_ago
+    crashed = agent.ec2.add_volume(tags={**TAGS, "mount_point": "/mnt/solr", "instance_id": "i-0gone"}, created=two_hours_ago)
+    young = agent.ec2.add_volume(tags={**TAGS, "mount_point": "/mnt/solr", "instance_id": "i-0new"})
+    code, _, err = agent("clean", "volumes", "solr", "--force")
+    assert code == 0 and set(agent.ec2.data_volumes()) == {crashed, young} and crashed in err
+    assert agent.ec2.calls["DeleteVolume"] == len(detached)
+
+
+def test_check_backups_stale_missing_and_off_ec2(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    code, out, _ = agent("check-backups", "--age", "1d", "--json")
+    assert code == 1 and [r["snapshot_id"] for r in json.loads(out)] == [None, None]
+    for mp in MOUNTS:
+        vid = next(v for v, vol in agent.ec2.data_volumes().items() if {"Key": "mount_point", "Value": mp} in vol["Tags"])
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, minutes_ago=3 * 60, volume_id=vid)
+    assert agent("check-backups", "--age", "2h")[0] == 1  # three hours old
+    assert agent("check-backups", "--age", "4h")[0] == 0
+    # On a monitoring host: no metadata service, the region from AWS_REGION, the tags from the command line.
+    agent.imds.error = MetadataUnavailable("no metadata service here")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    assert agent("check-backups", "--age", "4h", "--role", "solr", "--cluster", "search", "--environment", "test")[0] == 0
+    code, out, _ = agent("check-backups", "--age", "4h", "--tag", "role=solr", "--tag", "cluster=nosuch")
+    assert code == 1 and "UNKNOWN" in out
+
+
+def test_list_volumes_shows_each_mount_point(agent: Agent) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    code, out, _ = agent("list-volumes", "solr", "--json")
+    rows = {r["mount_point"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) == set(MOUNTS) and all(r["mounted"] and r["volume_id"] for r in rows.values())
+    assert agent.ec2.mutating_calls == 4 + 1  # the mount-snapshots run's; listing changes nothing
+
+
+# -- more exit codes -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mount-snapshots", "solr", "--bogus"],
+        ["mount-snapshots"],
+        ["mount-snapshots", "solr", "--before", "yesterday"],
+        ["mount-snapshots", "solr", "--snapshot", "/mnt/solr"],
+        ["mount-snapshots", "solr", "--loglevel", "LOUD"],
+        ["clean"],
+        ["clean", "everything"],
+        ["clean", "snapshots", "solr", "--keep", "many"],
+        ["check-backups", "--age", "soon"],
+        ["check-backups", "--tag", "role"],
+        ["frobnicate"],
+        [],
+    ],
+    ids=lambda argv: " ".join(argv) or "no command",
+)
+def test_exit_2_for_bad_arguments_with_nothing_changed(agent: Agent, argv: list[str]) -> None:
+    code, _, err = agent(*argv)
+    assert code == 2, err
+    assert agent.ec2.mutating_calls == 0 and not agent.devices.events
+
+
+@pytest.mark.parametrize(
+    ("userdata", "config", "settings"),
+    [
+        (b"not json", None, None),
+        (b'{"role": "solr", "cluster": "search"}', None, None),
+        (None, "{", None),
+        (None, '{"snapshotters": {"solr": {"volumes": [{"device": "/dev/sda1", "mount_point": "/mnt/solr"}]}}}', None),
+        (None, None, "from snaptastic_boot import Snapshotter, EBSVolume\n\n\nclass Solr(Snapshotter):\n"
+                     "    name = 'solr'\n    KEEP_SNAPSHOTS = 0\n\n    def get_volumes(self):\n"
+                     "        return [EBSVolume('/dev/sdf', '/mnt/solr', size=1)]\n"),
+        (None, None, "this is not python\n"),
+    ],
+    ids=["userdata-not-json", "userdata-missing-key", "config-not-json", "config-root-device", "settings-keep-0",
+         "settings-syntax"],
+)
+def test_exit_2_for_bad_userdata_config_or_settings_file(agent: Agent, tmp_path: Path, userdata: bytes | None,
+                                                         config: str | None, settings: str | None) -> None:
+    if userdata is not None:
+        agent.imds.userdata = userdata
+    if config is not None:
+        agent.config.write_text(config)
+    if settings is not None:  # the settings file defines solr; the JSON config another snapshotter
+        agent.config.write_text(json.dumps({"snapshotters": {"logs": {"volumes": [
+            {"device": "/dev/sdh", "mount_point": "/mnt/other", "size": 1}]}}}))
+        (tmp_path / "snaptastic_settings.py").write_text(settings)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 2, err
+    assert agent.ec2.total_calls == 0 and not agent.devices.events  # refused before EC2 was asked anything
+
+
+@pytest.mark.parametrize("pin", ["/mnt/solr=snap-0123456789abcdef0", "/mnt/other={ours}", "/mnt/solr={pending}"],
+                         ids=["no-such-snapshot", "not-configured", "pending"])
+def test_exit_2_for_a_pin_that_cannot_be_restored(agent: Agent, pin: str) -> None:
+    ours = agent.ec2.add_snapshot("/mnt/solr", TAGS)
+    pending = agent.ec2.add_snapshot("/mnt/solr", TAGS, state="pending")
+    mount_point, snapshot_id = pin.format(ours=ours, pending=pending).split("=")
+    code, _, err = agent("mount-snapshots", "solr", "--snapshot", f"{mount_point}={snapshot_id}")
+    assert code == 2, err
+    assert (mount_point if mount_point == "/mnt/other" else snapshot_id) in err  # names what is wrong
+    assert agent.ec2.mutating_calls == 0
+
+
+def test_a_pinned_snapshot_of_another_cluster_needs_force(agent: Agent) -> None:
+    for mp in MOUNTS:
+        agent.ec2.add_snapshot(mp, {**TAGS, "snapshot_set": "s1"}, files={"v": "ours"})
+    other = agent.ec2.add_snapshot("/mnt/solr", {**TAGS, "cluster": "other"}, files={"v": "theirs"})
+    code, _, err = agent("mount-snapshots", "solr", "--snapshot", f"/mnt/solr={other}")
+    assert code == 2 and other in err and agent.ec2.mutating_calls == 0
+    assert agent("mount-snapshots", "solr", "--snapshot", f"/mnt/solr={other}", "--force")[0] == 0
+    assert {mp: agent.devices.files(mp)["v"] for mp in MOUNTS} == {"/mnt/solr": "theirs", "/mnt/logs": "ours"}
+
+
+def test_exit_3_when_the_lock_cannot_be_made(agent: Agent) -> None:
+    agent.run_dir.write_text("a file where the run directory should be")
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 3 and "lock" in err and agent.ec2.mutating_calls == 0
+
+
+def test_snaptastic_test_exit_0_when_ready_and_3_without_tools(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    code, out, _ = agent("test")
+    assert code == 0 and f"sees {INSTANCE_ID}" in out and "cluster: search" in out
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "fsfreeze" else f"/usr/sbin/{tool}")
+    code, out, err = agent("test")
+    assert code == 3 and "fsfreeze" in out + err
+    agent.ec2_error = CredentialsMissing("no AWS credentials found")
+    assert agent("test")[0] == 3
+
+
+@pytest.mark.parametrize("argv", [["mount-snapshots", "solr"], ["make-snapshots", "solr"],
+                                  ["unmount-snapshots", "solr", "--yes"]])
+def test_exit_4_for_every_command_that_changes_volumes(agent: Agent, argv: list[str]) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    before = agent.ec2.mutating_calls
+    with lock.exclusive(agent.run_dir / "snaptastic.lock"):
+        code, _, err = agent(*argv)
+    assert code == 4, err
+    assert agent.ec2.mutating_calls == before and not agent.devices.frozen
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv"),
+    [
+        ("nothing-mounted", ["make-snapshots", "solr"]),
+        ("no-device", ["mount-snapshots", "solr"]),
+        ("answer-no", ["unmount-snapshots", "solr"]),
+        ("detach-refused", ["unmount-snapshots", "solr", "--yes"]),
+    ],
+)
+def test_exit_1_when_an_operation_fails(agent: Agent, monkeypatch: pytest.MonkeyPatch, setup: str, argv: list[str]) -> None:
+    if setup == "no-device":
+        monkeypatch.setenv("SNAPTASTIC_WAIT_TIMEOUT", "0.05")
+        agent.ec2.when("AttachVolume", lambda: agent.devices.missing.update(agent.ec2.data_volumes()))
+    else:
+        assert agent("mount-snapshots", "solr")[0] == 0
+    if setup == "nothing-mounted":
+        agent.devices.umount("/mnt/logs")
+    elif setup == "answer-no":
+        monkeypatch.setattr(sys, "stdin", io.StringIO("no\n"))
+    elif setup == "detach-refused":
+        agent.ec2.fail("DetachVolume", "UnauthorizedOperation")
+    code, _, err = agent(*argv)
+    assert code == 1, err
+    assert not agent.devices.frozen
+
+
+def test_the_bug_path_with_verbose_shows_the_traceback(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise KeyError("VolumeId")
+
+    monkeypatch.setattr(agent.ec2, "describe_snapshots", broken)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 1 and "this is a bug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        cli.main(["mount-snapshots", "solr", "-v"])
+    assert "this is a bug" in agent.capsys.readouterr().err
+
+
+def test_an_interrupt_is_exit_1_and_version_is_exit_0(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.ec2, "describe_snapshots", interrupted)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 1 and "interrupted" in err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+
+
+# -- real signals, in this process ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sigterm_caught() -> Iterator[list[int]]:
+    """A SIGTERM handler of the test's own, so that a signal the agent does not handle cannot end pytest."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_mount_snapshots_stops_between_steps_and_a_rerun_finishes(agent: Agent, sigterm_caught: list[int]) -> None:
+    def first_create_only() -> None:
+        if agent.ec2.calls["CreateVolume"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    agent.ec2.when("CreateVolume", first_create_only)
+    code, _, err = agent("mount-snapshots", "solr")
+    assert code == 1 and "stopped by SIGTERM after creating volumes" in err
+    assert len(agent.ec2.data_volumes()) == 2 and agent.ec2.calls["AttachVolume"] == 0 and not sigterm_caught
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert len(agent.ec2.data_volumes()) == 2 and set(agent.devices.table) == {"/", *MOUNTS}
+
+
+def test_sigterm_while_frozen_thaws_at_once_and_exits(agent: Agent, sigterm_caught: list[int]) -> None:
+    assert agent("mount-snapshots", "solr")[0] == 0
+    frozen_then: list[set[str]] = []
+
+    def signal_arrives() -> None:  # while the agent waits for CreateSnapshots' answer
+        frozen_then.append(set(agent.devices.frozen))
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached: the handler thaws and exits before the next line of Python")
+
+    agent.ec2.when("CreateSnapshots", signal_arrives)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["make-snapshots", "solr"])
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert frozen_then == [set(MOUNTS)] and not agent.devices.frozen and not agent.ec2.snapshots
+    assert sorted(e for e in agent.devices.events if e.startswith("thaw")) == sorted(f"thaw {mp}" for mp in MOUNTS)
+    assert sigterm_caught == [signal.SIGTERM]  # the handler that was there before was called too
+
+
+def test_a_failed_delete_on_termination_call_is_made_good_by_the_next_run_and_a_reboot_makes_none(agent: Agent) -> None:
+    agent.ec2.fail("ModifyInstanceAttribute", "InternalError", times=1)
+    assert agent("mount-snapshots", "solr")[0] == 1
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": False, "/dev/sdg": False}
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent.ec2.delete_on_termination() == {"/dev/sdf": True, "/dev/sdg": True}
+    for mp in MOUNTS:
+        agent.devices.umount(mp)  # a reboot
+    agent.ec2.calls.clear()
+    assert agent("mount-snapshots", "solr")[0] == 0
+    assert agent.ec2.mutating_calls == 0 and set(agent.devices.table) == {"/", *MOUNTS}
