@@ -32,6 +32,12 @@ class Unmounter:
         done: list[str] = []
         mount_points = [s.mount_point for s in plan.steps]
         self.hooks.call_all("pre_unmounts", mount_points)
+        # Unmounted here, perhaps by an earlier run that failed because a copy of the mount elsewhere held on:
+        # checked before anything changes, so that nothing is detached from under that copy.
+        for s in plan.to_snapshot:
+            path = None if s.mounted or not s.device else self.devices.find(s.volume_id or "", s.device)
+            if path is not None:
+                self.devices.wait_released(s.mount_point, path)
         for s in plan.steps:
             self.hooks.call_one("pre_unmount", s.mount_point)
             if s.mounted:

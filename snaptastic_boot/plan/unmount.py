@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from snaptastic_boot import tags, times
-from snaptastic_boot.model import Mount, SnapshotterSpec, attachment_state
+from snaptastic_boot.model import Mount, SnapshotterSpec, attachment, attachment_state
 from snaptastic_boot.plan import sets
 from snaptastic_boot.plan.restore import current_volume
+
+ATTACHED_STATES = ("attaching", "attached", "detaching", "busy")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class UnmountStep:
     volume_id: str | None
     attached: bool
     delete: bool
+    device: str | None = None  # the attachment's device name, for a volume attached here
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ def plan_unmount(
     for v in spec.volumes:
         chosen = current_volume(our_volumes, instance_id, v.mount_point, spec.filter_tags)
         attached = bool(chosen and attachment_state(chosen, instance_id))
+        device = (attachment(chosen, instance_id, states=ATTACHED_STATES) or {}).get("Device") if chosen else None
         steps.append(UnmountStep(v.mount_point, v.mount_point in mounted, chosen["VolumeId"] if chosen else None,
-                                 attached, delete))
+                                 attached, delete, device))
     now = now or times.now()
     expires = times.iso(now + dt.timedelta(days=spec.retention.days))
     snapshot_tags = {**spec.filter_tags, tags.INSTANCE_ID: instance_id, tags.CREATED: times.iso(now),

@@ -22,6 +22,7 @@ class Devices(BlockDevices):
     mount_at = staticmethod(mount_table.mount_at)
     mount = staticmethod(mount_table.mount)
     umount = staticmethod(mount_table.umount)
+    wait_released = staticmethod(mount_table.wait_released)
     entries = staticmethod(mount_table.entries)
     xfs_uuid_in_use = staticmethod(mount_table.xfs_uuid_in_use)
     flush = staticmethod(fsfreeze.flush)

@@ -55,14 +55,18 @@ def umount(mount_point: str) -> None:
     fsfreeze.flush(mount_point)
     run(["umount", mount_point], timeout=300)
     if mounted is not None:
-        _wait_released(mount_point, mounted)
+        wait_released(mount_point, Path(mounted.source))
 
 
-def _wait_released(mount_point: str, mounted: Mount) -> None:
+def wait_released(mount_point: str, device: Path) -> None:
+    """Return once no mount namespace mounts the device (it is free to snapshot whole and to detach); fail
+    naming a process that still has it mounted after RELEASE_WAIT."""
     deadline = time.monotonic() + RELEASE_WAIT
-    while _held(mounted.source):
+    while _held(str(device)):
         if time.monotonic() > deadline:
-            raise OperationFailed(messages.mounted_elsewhere(mount_point, mounted.source, _holder(mounted.major_minor)))
+            rdev = os.stat(device).st_rdev
+            holder = _holder(f"{os.major(rdev)}:{os.minor(rdev)}")
+            raise OperationFailed(messages.mounted_elsewhere(mount_point, str(device), holder))
         time.sleep(0.1)
 
 

@@ -503,6 +503,7 @@ class FakeDevices:
     frozen: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
     refuse_grow: set[str] = field(default_factory=set)  # mount points whose grow fails, as without CAP_SYS_RESOURCE
+    held_elsewhere: set[str] = field(default_factory=set)  # volumes also mounted in another mount namespace
     refuse_freeze: set[str] = field(default_factory=set)  # mount points whose freeze fails
     missing: set[str] = field(default_factory=set)  # volumes whose device never appears
     directories: dict[str, list[str]] = field(default_factory=dict)  # what a mount point holds while nothing is mounted
@@ -587,8 +588,13 @@ class FakeDevices:
         with self._lock:
             if mount_point not in self.table:
                 raise CommandError(["umount", mount_point], 32, "", f"umount: {mount_point}: not mounted.")
-            del self.table[mount_point]
+            source = Path(self.table.pop(mount_point).source)
             self.events.append(f"umount {mount_point}")
+        self.wait_released(mount_point, source)
+
+    def wait_released(self, mount_point: str, device: Path) -> None:
+        if device.name in self.held_elsewhere:
+            raise OperationFailed(messages.mounted_elsewhere(mount_point, str(device), "process 4242 (containerd)"))
 
     def entries(self, directory: str) -> list[str]:
         return sorted(self.directories.get(directory, []))

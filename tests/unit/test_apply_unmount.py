@@ -12,7 +12,7 @@ from snaptastic_boot import tags
 from snaptastic_boot.apply import waits
 from snaptastic_boot.apply.restore import Restorer
 from snaptastic_boot.apply.unmount import Unmounter
-from snaptastic_boot.errors import AwsError
+from snaptastic_boot.errors import AwsError, OperationFailed
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 from snaptastic_boot.plan import restore, unmount
 from snaptastic_boot.plan.restore import Action
@@ -137,3 +137,18 @@ def test_delete_snapshots_a_volume_detached_behind_the_agents_back_before_deleti
     assert {s["VolumeId"] for s in host.ec2.snapshots.values()} >= {solr}
     host.restore()
     assert "after the last make-snapshots" in host.devices.files("/mnt/solr")["data"]
+
+
+def test_a_volume_mounted_in_another_namespace_is_neither_snapshotted_nor_detached(host: Host) -> None:
+    held = next(v["VolumeId"] for v in host.ours() if tags.tags_of(v)[tags.MOUNT_POINT] == "/mnt/logs")
+    host.devices.held_elsewhere.add(held)
+    with pytest.raises(OperationFailed, match="still mounted or in use elsewhere"):
+        host.unmount()
+    assert not [a for a in host.ec2.log if not a.startswith("Describe")]
+    # The rerun finds /mnt/logs unmounted here, but still held there: it checks before it changes anything.
+    with pytest.raises(OperationFailed, match="/mnt/logs"):
+        host.unmount()
+    assert not [a for a in host.ec2.log if not a.startswith("Describe")]
+    host.devices.held_elsewhere.clear()
+    host.unmount()
+    assert all(host.ec2.volumes[v]["State"] == "available" for v in host.ec2.data_volumes())
