@@ -200,6 +200,10 @@ def _handler_for(service: MetadataService) -> type[BaseHTTPRequestHandler]:
         server_version = "EC2ws"
         sys_version = ""
         protocol_version = "HTTP/1.1"
+        # The status line, the headers and the body go out as separate small writes; with Nagle's algorithm
+        # each answer on a kept-alive connection waited for the client's delayed ACK (tens of ms), where
+        # EC2's metadata service answers in well under a millisecond.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -146,6 +146,8 @@ class Lab:
         from snaptastic_lab.ec2 import Ec2Emulator
 
         class QuietHandler(WSGIRequestHandler):
+            disable_nagle_algorithm = True  # as for the metadata service: EC2 does not add delayed-ACK waits
+
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 pass
 

@@ -272,6 +272,8 @@ def test_package_contents(deb: Path):
         assert re.search(rf" {re.escape(path)}( |$)", listing, re.M), f"{path} is not in the package"
     for schema in sorted((ROOT / "snaptastic_boot" / "schemas").glob("*.json")):
         assert f"/snaptastic_boot/schemas/{schema.name}" in listing
+    for model in sorted((ROOT / "snaptastic_boot" / "system" / "botocore_data").rglob("*.json")):
+        assert f"/snaptastic_boot/{model.relative_to(ROOT / 'snaptastic_boot')}" in listing  # the trimmed EC2 model
     assert "snaptastic_lab" not in listing and "/tests/" not in listing and "conftest" not in listing
     control = run("dpkg-deb", "-f", str(deb), "Depends", "Recommends").stdout
     for dep in ("python3-boto3", "python3-requests", "python3-jsonschema", "e2fsprogs", "util-linux", "xfsprogs"):
