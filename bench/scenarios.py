@@ -13,6 +13,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -83,6 +84,24 @@ def round_trip_ms(lab: Any, samples: int = 5) -> float:
     return median(times)
 
 
+@contextlib.contextmanager
+def writing(opts: Options, mount_points: list[Path]) -> Iterator[dict[str, dict[str, float]]]:
+    """An application appending to every file system meanwhile (bench/writer.py, its own process); the dict is
+    filled at the end with each one's longest write."""
+    found: dict[str, dict[str, float]] = {}
+    proc = subprocess.Popen([opts.python, "-m", "bench.writer", *map(str, mount_points)], cwd=agent.ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("bench.writer did not start")
+    try:
+        yield found
+    finally:
+        out, _ = proc.communicate(timeout=30)
+        found.update(json.loads(out))
+
+
 # -- 1 and 2: mount-snapshots and make-snapshots for N volumes ----------------------------------------------------
 
 
@@ -122,11 +141,17 @@ def volumes_point(opts: Options, n: int) -> dict[str, Any]:
             })
             lab.reset_calls()
             lab.faults.latency = opts.latency
-            made = call(opts, lab, "make-snapshots", NAME, "--json")
+            with writing(opts, [lab.mount_root / f"data{i}" for i in range(n)]) as stalls:
+                made = call(opts, lab, "make-snapshots", NAME, "--json")
             lab.faults.latency = 0.0
             made_report = made.json()
             made_counts = Counter(action for _, action in lab.calls)
+            served = [(end - start) * 1000 for action, start, end in lab.served if action == "CreateSnapshots"]
+            stall_ms = max((w["ms"] for w in stalls.values()), default=0.0)
             snapshots.append({
+                "writer_stall_ms": stall_ms,
+                "served_call_ms": round(served[-1], 1) if served else 0.0,
+                "stall_overhead_ms": round(stall_ms - (served[-1] if served else 0.0), 1),
                 "wall_s": round(made.wall_s, 3),
                 "freeze_ms": made_report["freeze_ms"],
                 "blocked_ms": made_report.get("blocked_ms", made_report["freeze_ms"]),
@@ -176,6 +201,9 @@ def summarize_volumes(points: list[dict[str, Any]], latency: float) -> tuple[lis
             "blocked_ms": round(median([s["blocked_ms"] for s in snaps]), 1),
             "api_ms": round(median([s["api_ms"] for s in snaps]), 1),
             "outside_call_ms": round(median([s["freeze_ms"] - s["api_ms"] for s in snaps]), 1),
+            "writer_stall_ms": round(median([s["writer_stall_ms"] for s in snaps]), 1),
+            "served_call_ms": round(median([s["served_call_ms"] for s in snaps]), 1),
+            "stall_overhead_ms": round(median([s["stall_overhead_ms"] for s in snaps]), 1),
             "round_trip_ms": rtt,
             "latency_ms": round(latency * 1000, 1),
             "ratio": round(freeze / rtt, 2) if rtt > 0 else None,

@@ -165,6 +165,8 @@ class Ec2Emulator:
         self.lock = threading.RLock()
         self.calls: list[tuple[float, str]] = []
         self.requests: list[tuple[float, str, dict[str, str]]] = []
+        # (action, arrived, answered): time.time() when a call came in and when its answer was ready.
+        self.served: list[tuple[str, float, float]] = []
         self.current_instance: str | None = None
         self.root_volumes: dict[str, str] = {}
         self.tables: dict[str, devices.DeviceTable] = {}
@@ -311,6 +313,8 @@ class Ec2Emulator:
             answer = self._fault(action, environ.get("werkzeug.socket"), params)
         if answer is None:
             answer = self._handle(environ, action, params)
+        if not internal:
+            self.served.append((action, stamp, time.time()))
         status, headers, payload = answer
         start_response(status, [*headers, ("Content-Length", str(len(payload)))])
         return [payload]

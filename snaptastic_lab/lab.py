@@ -371,6 +371,11 @@ class Lab:
         return self._emulator.calls  # type: ignore[no-any-return]
 
     @property
+    def served(self) -> list[tuple[str, float, float]]:
+        """(action, arrived, answered) of every recorded call, time.time() stamps: how long the lab served it."""
+        return self._emulator.served  # type: ignore[no-any-return]
+
+    @property
     def requests(self) -> list[tuple[float, str, dict[str, str]]]:
         """(time, action, form parameters) of every recorded call."""
         return self._emulator.requests  # type: ignore[no-any-return]
@@ -390,6 +395,7 @@ class Lab:
     def reset_calls(self) -> None:
         self._emulator.calls.clear()
         self._emulator.requests.clear()
+        self._emulator.served.clear()
 
     def volume_file(self, volume_id: str) -> Path:
         return self._emulator.volume_file(volume_id)  # type: ignore[no-any-return]

@@ -68,6 +68,8 @@ def test_make_snapshots_freezes_around_one_create_snapshots_call(result: dict) -
         assert r["create_snapshots_calls"] == 1 and r["create_snapshot_calls"] == 0 and not r["fallback"]
         assert r["snapshots"] == r["n"]
         assert r["freeze_ms"] > 0 and r["round_trip_ms"] > 0 and r["ratio"] > 0
+        # The application beside it was held while EC2 served the call: the freeze covers the call.
+        assert r["served_call_ms"] > 0 and r["writer_stall_ms"] >= 0.5 * r["served_call_ms"]
 
 
 def test_resolution_uses_server_side_filters(result: dict) -> None:

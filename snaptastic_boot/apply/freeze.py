@@ -32,6 +32,7 @@ class FreezeWindow:
     frozen_at: dict[str, float] = field(default_factory=dict)
     thawed_at: dict[str, float] = field(default_factory=dict)
     watchdog_fired: bool = False
+    thaw: Callable[[], None] = lambda: None  # thaw every file system now (see `frozen`)
 
     @property
     def max_ms(self) -> float:
@@ -74,8 +75,11 @@ def frozen(
     max_seconds: float,
     flush: Callable[[str], None] = lambda _: None,
 ) -> Iterator[FreezeWindow]:
+    """Frozen inside, thawed on the way out. `window.thaw()` thaws earlier: a caller whose API call has been
+    accepted has no more need of the freeze, and need not keep writers waiting while it reads the answer."""
     window = FreezeWindow()
     thawer = _Thawer(thaw, window)
+    window.thaw = lambda: thawer.thaw_all("answered")
     stop = threading.Event()
 
     def watchdog() -> None:

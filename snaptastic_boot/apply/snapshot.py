@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from snaptastic_boot import messages, tags
 from snaptastic_boot.apply import waits
@@ -82,7 +82,7 @@ class SnapshotMaker:
         with frozen(mount_points if plan.freeze else [], self.devices.freeze, self.devices.thaw, self.max_freeze,
                     flush=self.devices.flush) as window:
             api_started = time.monotonic()
-            made, fallback = self._take(plan, per_volume=bool(untagged))
+            made, fallback = self._take(plan, per_volume=bool(untagged), answered=window.thaw)
             api_done = time.monotonic()
         by_volume = {s["VolumeId"]: s["SnapshotId"] for s in made}
         result = {t.mount_point: by_volume[t.volume_id] for t in plan.targets if t.volume_id in by_volume}
@@ -101,11 +101,14 @@ class SnapshotMaker:
                               round((api_done - api_started) * 1000, 1),
                               window.watchdog_fired, fallback, dict(self.ec2.calls))
 
-    def _take(self, plan: SnapshotPlan, per_volume: bool) -> tuple[list[dict[str, Any]], bool]:
-        """The snapshots, in one CreateSnapshots call unless that cannot be used; and whether it was not."""
+    def _take(self, plan: SnapshotPlan, per_volume: bool,
+              answered: Callable[[], None]) -> tuple[list[dict[str, Any]], bool]:
+        """The snapshots, in one CreateSnapshots call unless that cannot be used; and whether it was not. Once
+        EC2 has accepted that one call, `answered` thaws (the per-volume fallback keeps the freeze to the end)."""
         if not per_volume:
             try:
-                return self.ec2.create_snapshots(plan.instance_id, plan.exclude_volume_ids, plan.tags, plan.description), False
+                return self.ec2.create_snapshots(plan.instance_id, plan.exclude_volume_ids, plan.tags, plan.description,
+                                                 answered=answered), False
             except AwsError as exc:
                 if exc.code not in FALLBACK_CODES:
                     raise

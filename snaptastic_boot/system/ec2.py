@@ -75,6 +75,8 @@ class Ec2:
         self._client = client
         self._client.meta.events.register("before-call.ec2", self._count)
         self._client.meta.events.register("needs-retry.ec2", self._retry_delay)
+        self._client.meta.events.register("before-parse.ec2.CreateSnapshots", self._answered)
+        self._local = threading.local()
 
     def _retry_delay(self, response: Any = None, caught_exception: Any = None, attempts: int = 1, **_: Any) -> float | None:
         """botocore asks before each retry: seconds to wait, or None to give up (its own retries are off)."""
@@ -221,10 +223,19 @@ class Ec2:
         with self._translate("ModifyInstanceAttribute"):
             self._client.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=mappings)
 
+    def _answered(self, response_dict: dict[str, Any] | None = None, **_: Any) -> None:
+        """botocore has the answer and has not parsed it yet (`before-parse`, botocore 1.31 and later; with an
+        older one the caller thaws after the call, as it always does)."""
+        hook = getattr(self._local, "answered", None)
+        if hook is not None and (response_dict or {}).get("status_code") == 200:
+            hook()
+
     def create_snapshots(
-        self, instance_id: str, exclude_volume_ids: Sequence[str], tags: Tags, description: str
+        self, instance_id: str, exclude_volume_ids: Sequence[str], tags: Tags, description: str,
+        answered: Callable[[], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Crash-consistent snapshots of several volumes of one instance in one call."""
+        """Crash-consistent snapshots of several volumes of one instance in one call. `answered` is called as
+        soon as EC2 has accepted the call, before its answer is parsed: the snapshots' point in time is set."""
         params: dict[str, Any] = {
             "InstanceSpecification": {
                 "InstanceId": instance_id,
@@ -237,8 +248,12 @@ class Ec2:
         }
         if not exclude_volume_ids:
             del params["InstanceSpecification"]["ExcludeDataVolumeIds"]
-        with self._translate("CreateSnapshots"):
-            resp = self._client.create_snapshots(**params)
+        self._local.answered = answered
+        try:
+            with self._translate("CreateSnapshots"):
+                resp = self._client.create_snapshots(**params)
+        finally:
+            self._local.answered = None
         return list(resp.get("Snapshots", []))
 
     def create_snapshot(self, volume_id: str, description: str, tags: Tags) -> dict[str, Any]:

@@ -11,16 +11,22 @@ import errno
 import fcntl
 import functools
 import os
+import struct
 
 from snaptastic_boot import messages
 from snaptastic_boot.errors import OperationFailed
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+EXT4_IOC_CHECKPOINT = 0x4004662B  # _IOW('f', 43, __u32), Linux 5.13
 
 
 def flush(mount_point: str) -> None:
-    """Write dirty data out before freezing, so that the freeze itself has little left to do (syncfs(2))."""
+    """Write dirty data out before freezing, so that the freeze itself has little left to do (syncfs(2)).
+
+    On ext4 also checkpoint the journal: write what it holds to its home blocks, which the freeze would
+    otherwise do (jbd2_journal_flush) while writers wait. Where that ioctl is unknown (not ext4, a kernel
+    before 5.13) the freeze does it, as before."""
     try:
         fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
@@ -29,6 +35,10 @@ def flush(mount_point: str) -> None:
         if _libc().syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OperationFailed(messages.cannot("flush", mount_point, os.strerror(err)))
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_CHECKPOINT, struct.pack("I", 0))
+        except OSError:
+            pass
     finally:
         os.close(fd)
 

@@ -420,7 +420,7 @@ class FakeEc2:
         return _copy(snap)
 
     def create_snapshots(self, instance_id: str, exclude_volume_ids: Sequence[str], tags: dict[str, str],
-                         description: str) -> list[dict[str, Any]]:
+                         description: str, answered: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """CreateSnapshots with ExcludeBootVolume and CopyTagsFromSource=volume (what `system.ec2` sends): one
         snapshot per attached data volume not excluded, with the volume's tags and the given ones (these win).
         All or nothing."""
@@ -433,7 +433,10 @@ class FakeEc2:
                        if v["Attachments"][0]["Device"] != ROOT_DEVICE and v["VolumeId"] not in exclude_volume_ids]
             for v in targets:
                 self._check_pending("CreateSnapshots", v)
-            return [self._snapshot_of(v, description, {**tags_of(v), **tags}) for v in targets]
+            made = [self._snapshot_of(v, description, {**tags_of(v), **tags}) for v in targets]
+        if answered is not None:
+            answered()  # accepted: EC2 has taken the snapshots' point in time
+        return made
 
     def create_snapshot(self, volume_id: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
         with self._lock:

@@ -85,3 +85,19 @@ def test_other_errors_fail_at_once(stand: Ec2Stand) -> None:
     with pytest.raises(AwsError, match="InvalidParameterValue"):
         ec2(stand, deadline=30).create_tags(["vol-1"], {"k": "v"})
     assert stand.seen == 1
+
+
+SNAPSHOTS = (b'<?xml version="1.0" encoding="UTF-8"?><CreateSnapshotsResponse xmlns="http://ec2.amazonaws.com/doc/'
+             b'2016-11-15/"><requestId>r</requestId><snapshotSet/></CreateSnapshotsResponse>')
+
+
+def test_create_snapshots_says_once_ec2_accepted_it_and_not_for_a_refused_attempt(stand: Ec2Stand) -> None:
+    stand.throttle, stand.final = 2, SNAPSHOTS
+    seen: list[int] = []
+    ec2(stand, deadline=30).create_snapshots("i-0abc", [], {"role": "solr"}, "d",
+                                             answered=lambda: seen.append(stand.seen))
+    assert seen == [3]  # after the accepted third attempt, never for the two throttled ones
+    stand.seen, stand.throttle, stand.final = 0, 0, REFUSED
+    with pytest.raises(AwsError):
+        ec2(stand, deadline=30).create_snapshots("i-0abc", [], {"role": "solr"}, "d", answered=lambda: seen.append(-1))
+    assert seen == [3]

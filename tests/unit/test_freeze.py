@@ -75,3 +75,12 @@ def test_watchdog_thaws_when_the_bound_passes() -> None:
         time.sleep(0.5)
         assert fake.frozen == set() and window.watchdog_fired
     assert fake.log.count("thaw /mnt/1") == 1
+
+
+def test_thawed_as_soon_as_the_call_is_answered_and_only_once() -> None:
+    fake = Fake()
+    with freeze_mod.frozen(["/mnt/1", "/mnt/2"], fake.freeze, fake.thaw, max_seconds=30) as window:
+        assert fake.frozen == {"/mnt/1", "/mnt/2"}
+        window.thaw()
+        assert fake.frozen == set()
+    assert fake.log.count("thaw /mnt/1") == 1 and fake.log.count("thaw /mnt/2") == 1
