@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any, Callable
 
 from snaptastic_boot.errors import SnaptasticError
-from snaptastic_boot.system import runner
+from snaptastic_boot.system import kernel, runner
 
 log = logging.getLogger("snaptastic.freeze")
 
@@ -74,9 +74,11 @@ def frozen(
     thaw: Callable[[str], object],
     max_seconds: float,
     flush: Callable[[str], None] = lambda _: None,
+    expedite: bool = False,
 ) -> Iterator[FreezeWindow]:
     """Frozen inside, thawed on the way out. `window.thaw()` thaws earlier: a caller whose API call has been
-    accepted has no more need of the freeze, and need not keep writers waiting while it reads the answer."""
+    accepted has no more need of the freeze, and need not keep writers waiting while it reads the answer.
+    `expedite`: expedited RCU grace periods for the freeze (see system/kernel.py)."""
     window = FreezeWindow()
     thawer = _Thawer(thaw, window)
     window.thaw = lambda: thawer.thaw_all("answered")
@@ -102,7 +104,8 @@ def frozen(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
     dog = threading.Thread(target=watchdog, name="thaw-watchdog", daemon=True)
-    guard = _start_guard(mount_points, max_seconds)
+    expedited = bool(mount_points) and expedite and kernel.expedite_grace_periods()
+    guard = _start_guard(mount_points, max_seconds, expedited)
     try:
         dog.start()
         _freeze_all(mount_points, flush, freeze, window, thawer.lock)
@@ -110,6 +113,8 @@ def frozen(
     finally:
         stop.set()
         thawer.thaw_all("done")
+        if expedited:
+            kernel.normal_grace_periods()
         if guard is not None:
             guard.kill()
             guard.wait()
@@ -157,8 +162,9 @@ def _freeze_all(mount_points: Sequence[str], flush: Callable[[str], None], freez
         raise errors[0]  # type: ignore[misc]
 
 
-def _start_guard(mount_points: Sequence[str], max_seconds: float) -> Any:
-    argv = [sys.executable, "-m", "snaptastic_boot.apply.freeze", str(os.getpid()), str(max_seconds), *mount_points]
+def _start_guard(mount_points: Sequence[str], max_seconds: float, expedited: bool = False) -> Any:
+    argv = [sys.executable, "-m", "snaptastic_boot.apply.freeze", str(os.getpid()), str(max_seconds),
+            "expedited" if expedited else "normal", *mount_points]
     try:
         return runner.spawn(argv)
     except OSError as exc:
@@ -166,8 +172,9 @@ def _start_guard(mount_points: Sequence[str], max_seconds: float) -> Any:
         return None
 
 
-def _guard(parent: int, max_seconds: float, mount_points: Sequence[str]) -> None:
-    """Wait while the parent lives and the bound is not reached; then thaw (thawing twice is harmless)."""
+def _guard(parent: int, max_seconds: float, expedited: bool, mount_points: Sequence[str]) -> None:
+    """Wait while the parent lives and the bound is not reached; then thaw (thawing twice is harmless), and
+    turn expedited grace periods off again if the parent turned them on."""
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline and os.getppid() == parent:
         time.sleep(0.05)
@@ -177,7 +184,9 @@ def _guard(parent: int, max_seconds: float, mount_points: Sequence[str]) -> None
             runner.run(["fsfreeze", "--unfreeze", mp], ok_codes=(0, 1), timeout=30)
         except SnaptasticError:
             pass
+    if expedited and os.getppid() != parent:
+        kernel.normal_grace_periods()
 
 
 if __name__ == "__main__":
-    _guard(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:])
+    _guard(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "expedited", sys.argv[4:])

@@ -61,6 +61,7 @@ class SnapshotMaker:
     hooks: Hooks = field(default_factory=Hooks)
     max_freeze: float = DEFAULT_MAX_FREEZE
     wait_timeout: float | None = None
+    expedite_freeze: bool = False
 
     def apply(self, plan: SnapshotPlan, wait: bool = False) -> SnapshotReport:
         if not plan.targets:
@@ -80,7 +81,7 @@ class SnapshotMaker:
         self.ec2.prepare("CreateSnapshot" if untagged else "CreateSnapshots", "CreateSnapshot")
         api_started = api_done = 0.0
         with frozen(mount_points if plan.freeze else [], self.devices.freeze, self.devices.thaw, self.max_freeze,
-                    flush=self.devices.flush) as window:
+                    flush=self.devices.flush, expedite=self.expedite_freeze) as window:
             api_started = time.monotonic()
             made, fallback = self._take(plan, per_volume=bool(untagged), answered=window.thaw)
             api_done = time.monotonic()

@@ -30,7 +30,7 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         if dry_run:
             return show_plan(plan, as_json)
         maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
-                              wait_timeout=r.ctx.tunables.wait_timeout)
+                              wait_timeout=r.ctx.tunables.wait_timeout, expedite_freeze=r.ctx.tunables.expedite_freeze)
         report = maker.apply(plan, wait=wait)
     log.info("make-snapshots done with %d EC2 API calls%s", r.ec2.total_calls, throttling(r.ec2))
     if as_json:

@@ -23,7 +23,7 @@ SPEC = SnapshotterSpec("solr", tuple(VolumeSpec(dev, mp, 1) for mp, dev in MOUNT
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(waits, "SLEEPS", (0.0,))
-    monkeypatch.setattr(freeze, "_start_guard", lambda mount_points, max_seconds: None)  # a process: not here
+    monkeypatch.setattr(freeze, "_start_guard", lambda *_: None)  # a process: not here
 
 
 class Host:

@@ -66,7 +66,7 @@ class Agent:
 def agent(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Agent:
     a = Agent(tmp_path, capsys)
     monkeypatch.setattr(Adapters, "default", staticmethod(a.adapters))
-    monkeypatch.setattr(freeze, "_start_guard", lambda mount_points, max_seconds: None)  # no process in unit tests
+    monkeypatch.setattr(freeze, "_start_guard", lambda *_: None)  # no process in unit tests
     # Whatever this machine has in /etc or on sys.path is not the test's settings file.
     monkeypatch.setattr(settings_mod, "SETTINGS_FILES", (tmp_path / "snaptastic_settings.py",))
     monkeypatch.delitem(sys.modules, "snaptastic_settings", raising=False)

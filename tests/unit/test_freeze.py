@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from snaptastic_boot.apply import freeze as freeze_mod
 from snaptastic_boot.errors import OperationFailed
+from snaptastic_boot.system import kernel
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +86,25 @@ def test_thawed_as_soon_as_the_call_is_answered_and_only_once() -> None:
         window.thaw()
         assert fake.frozen == set()
     assert fake.log.count("thaw /mnt/1") == 1 and fake.log.count("thaw /mnt/2") == 1
+
+
+@pytest.mark.parametrize("before", ["0", "1"])
+def test_expedited_grace_periods_only_while_frozen_and_only_if_they_were_off(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, before: str) -> None:
+    setting = tmp_path / "rcu_expedited"
+    setting.write_text(before)
+    monkeypatch.setattr(kernel, "RCU_EXPEDITED", setting)
+    fake = Fake()
+    with freeze_mod.frozen(["/mnt/1", "/mnt/2"], fake.freeze, fake.thaw, max_seconds=30, expedite=True):
+        assert setting.read_text().strip() == "1" and fake.frozen == {"/mnt/1", "/mnt/2"}
+    assert setting.read_text().strip() == before  # someone else's setting stays theirs
+    with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw, max_seconds=30):
+        assert setting.read_text().strip() == before  # not asked for: untouched
+
+
+def test_a_kernel_without_the_setting_freezes_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(kernel, "RCU_EXPEDITED", tmp_path / "missing")
+    fake = Fake()
+    with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw, max_seconds=30, expedite=True):
+        assert fake.frozen == {"/mnt/1"}
+    assert fake.frozen == set() and not (tmp_path / "missing").exists()
