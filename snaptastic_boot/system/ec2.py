@@ -75,7 +75,8 @@ class Ec2:
         return delay
 
     @staticmethod
-    def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int) -> Any:
+    def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int,
+                     service: str = "ec2") -> Any:
         config = Config(
             region_name=region,
             # botocore's own retries are off; `_retry_delay` decides, by the run's deadline.
@@ -97,7 +98,7 @@ class Ec2:
         if credentials is None:
             raise CredentialsMissing(messages.NO_CREDENTIALS)
         # botocore's client directly: boto3 adds nothing the agent uses, and its import costs a tenth of a second.
-        return core.create_client("ec2", region_name=region, endpoint_url=endpoint, config=config)
+        return core.create_client(service, region_name=region, endpoint_url=endpoint, config=config)
 
     def _count(self, model: Any, **_: Any) -> None:
         with self._lock:
