@@ -232,7 +232,7 @@ def run(names: Sequence[str], inputs: Inputs, *, lifecycle_hook: str | None = No
     instance_id = ctx.metadata.instance_id
     make_autoscaling = autoscaling or _real_autoscaling
     responder = Responder(runs, instance_id, lifecycle_hook,
-                          lambda: make_autoscaling(ctx.metadata.region, ctx.tunables))
+                          lambda: make_autoscaling(ctx.metadata.region, ctx.tunables), lock_wait=LOCK_WAIT)
     if lifecycle_hook:
         group = responder.find_group()
         if group is None:
