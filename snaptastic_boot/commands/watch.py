@@ -104,7 +104,10 @@ class Watcher:
         if response is None:
             return None
         log.warning("%s", response.describe())
-        self.act(response)
+        try:
+            self.act(response)
+        except Exception as exc:  # a bug: logged, the notice still counts as handled, the watch goes on
+            log.error("handling the notice failed unexpectedly (this is a bug, please report it): %r", exc, exc_info=True)
         self.history = self.history.after(response)
         self.save(self.history)
         return response
@@ -230,10 +233,11 @@ def run(names: Sequence[str], inputs: Inputs, *, lifecycle_hook: str | None = No
     ctx = build(inputs, tunables, adapters)
     runs = [start(ctx, name) for name in dict.fromkeys(names)]
     instance_id = ctx.metadata.instance_id
-    make_autoscaling = autoscaling or _real_autoscaling
-    responder = Responder(runs, instance_id, lifecycle_hook,
-                          lambda: make_autoscaling(ctx.metadata.region, ctx.tunables), lock_wait=LOCK_WAIT)
+    responder = Responder(runs, instance_id, lifecycle_hook, lock_wait=LOCK_WAIT)
     if lifecycle_hook:
+        # Made now, not at the notice: its credentials are read once, and a missing one stops the start (exit 3).
+        client = (autoscaling or _real_autoscaling)(ctx.metadata.region, ctx.tunables)
+        responder.autoscaling = lambda: client
         group = responder.find_group()
         if group is None:
             log.warning("%s", messages.no_autoscaling_group(instance_id))
