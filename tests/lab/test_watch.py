@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import botocore.exceptions
+import pytest
+
 from tests.lab.agent import configure, ok, our_volumes, volumes
 
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
@@ -253,3 +256,23 @@ def test_a_terminate_notice_hands_the_volumes_to_the_replacement(lab: Any) -> No
     assert lab.call_counts()["CreateVolume"] == 0 and "reattached" in result.stderr
     assert {v["VolumeId"] for v in our_volumes(lab) if v["State"] == "in-use"} == left
     assert {(lab.mount_root / f"data{i}" / "v").read_text() for i in range(2)} == {"written before the notice"}
+
+
+def test_the_labs_lifecycle_actions_follow_auto_scaling(lab: Any) -> None:
+    """CompleteLifecycleAction as AWS documents it: only for an instance waiting on that hook, once."""
+    group = lab.join_auto_scaling_group(hook=HOOK)
+    tags = lab.ec2.describe_instances(InstanceIds=[lab.instance_id])["Reservations"][0]["Instances"][0]["Tags"]
+    assert {"Key": "aws:autoscaling:groupName", "Value": group} in tags
+    client = lab.autoscaling
+    complete = {"AutoScalingGroupName": group, "LifecycleHookName": HOOK, "InstanceId": lab.instance_id,
+                "LifecycleActionResult": "CONTINUE"}
+    with pytest.raises(botocore.exceptions.ClientError, match="No active Lifecycle Action"):
+        client.complete_lifecycle_action(**complete)
+    lab.set_lifecycle_state("Terminated")
+    with pytest.raises(botocore.exceptions.ClientError, match="No Lifecycle Hook found"):
+        client.complete_lifecycle_action(**{**complete, "LifecycleHookName": "other"})
+    client.complete_lifecycle_action(**complete)
+    with pytest.raises(botocore.exceptions.ClientError, match="No active Lifecycle Action"):
+        client.complete_lifecycle_action(**complete)
+    assert [(a.group, a.hook, a.instance_id, a.result) for a in lab.lifecycle_actions] == [
+        (group, HOOK, lab.instance_id, "CONTINUE")]
