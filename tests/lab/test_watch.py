@@ -276,3 +276,19 @@ def test_the_labs_lifecycle_actions_follow_auto_scaling(lab: Any) -> None:
         client.complete_lifecycle_action(**complete)
     assert [(a.group, a.hook, a.instance_id, a.result) for a in lab.lifecycle_actions] == [
         (group, HOOK, lab.instance_id, "CONTINUE")]
+
+
+def test_with_reuse_the_lifecycle_action_is_completed_before_the_volumes_are_released(lab: Any) -> None:
+    mounted(lab, 1, volume={"delete_on_termination": False}, reuse_volumes=True)
+    lab.join_auto_scaling_group(hook=HOOK)
+    (volume,) = our_volumes(lab)
+    watch = Watch(lab, "--lifecycle-hook", HOOK)
+    try:
+        lab.set_lifecycle_state("Terminated")
+        until(lambda: lab.ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]["State"] == "available",
+              120, "the volume detached", watch)
+        (done,) = lab.lifecycle_actions
+        assert call_times(lab, "CreateSnapshots")[0] < done.time < call_times(lab, "DetachVolume")[0]
+        assert watch.stop()[0] == 0
+    finally:
+        watch.kill()
