@@ -132,12 +132,39 @@ def _add_check_backups(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_check_backups)
 
 
+def _interval(text: str) -> float:
+    from snaptastic_boot.model import WATCH_INTERVAL_LIMITS
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not WATCH_INTERVAL_LIMITS[0] <= value <= WATCH_INTERVAL_LIMITS[1]:
+        raise argparse.ArgumentTypeError(messages.bad_interval(text))
+    return value
+
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
+    from snaptastic_boot.model import DEFAULT_WATCH_INTERVAL
+
+    p = sub.add_parser("watch", help="snapshot at once on a Spot interruption or Auto Scaling termination notice")
+    p.add_argument("names", nargs="+", metavar="NAME", help="snapshotter names")
+    p.add_argument("--lifecycle-hook", metavar="HOOK",
+                   help="complete this termination lifecycle hook (CONTINUE) once the snapshots returned")
+    p.add_argument("--no-rebalance", action="store_true", help="do not snapshot on rebalance recommendations")
+    p.add_argument("--interval", type=_interval, default=DEFAULT_WATCH_INTERVAL, metavar="SECONDS",
+                   help=f"seconds between polls of the metadata service (default {DEFAULT_WATCH_INTERVAL:g})")
+    _common(p)
+    p.set_defaults(func=_cmd_watch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="snaptastic", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.description = "Restore EBS volumes from tagged snapshots at boot; snapshot them at shutdown."
     parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_test, _add_list_volumes, _add_mount_snapshots, _add_make_snapshots, _add_unmount_snapshots, _add_clean, _add_check_backups):
+    for add in (_add_test, _add_list_volumes, _add_mount_snapshots, _add_make_snapshots, _add_unmount_snapshots, _add_clean, _add_check_backups,
+                _add_watch):
         add(sub)
     return parser
 
@@ -204,6 +231,13 @@ def _cmd_check_backups(args: argparse.Namespace) -> int:
     given = {"role": args.role, "cluster": args.cluster, "environment": args.environment}
     return check_backups.run(_inputs(args), name=args.name, age=args.age, given=given, tag_args=args.tag,
                              as_json=args.json)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import watch
+
+    return watch.run(args.names, _inputs(args), lifecycle_hook=args.lifecycle_hook or None, rebalance=not args.no_rebalance,
+                     interval=args.interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -309,3 +309,27 @@ def not_an_attached_volume(mount_point: str, source: str, instance_id: str) -> s
 
 def boot_volume(mount_point: str, volume_id: str) -> str:
     return f"{mount_point} is on the boot volume {volume_id}; refusing to freeze it"
+
+
+# -- watch: Spot and Auto Scaling notices -------------------------------------------------------------------
+
+
+def imds_poll_failed(path: str, why: str) -> str:
+    return f"metadata service did not answer {path}: {why}"
+
+
+def bad_interval(value: str) -> str:
+    return f"{value!r} is not a number of seconds from 0.1 to 60 (the default 5 leaves time in a two-minute notice)"
+
+
+def autoscaling_failed(action: str, why: object) -> str:
+    return f"Auto Scaling {action} failed: {why}"
+
+
+def no_autoscaling_group(instance_id: str) -> str:
+    return (f"{instance_id} carries no aws:autoscaling:groupName tag: it is not in an Auto Scaling group, so no "
+            "lifecycle action can be completed (drop --lifecycle-hook, or attach the instance to its group)")
+
+
+def watch_state_unwritable(path: object, why: str | None) -> str:
+    return f"cannot record handled notices in {path}: {why}; a restarted watch may act on the same notice again"

@@ -25,6 +25,10 @@ DEFAULT_MOUNT_OPTIONS = "defaults"
 DEFAULT_DELETE_ON_TERMINATION = True
 DEFAULT_CONSISTENT_RESTORE = True
 DEFAULT_REUSE_VOLUMES = False
+# `snaptastic watch`: seconds between two polls of the metadata service, and the bounds of --interval. A Spot
+# notice comes two minutes ahead: five seconds leaves nearly all of them to the snapshot.
+DEFAULT_WATCH_INTERVAL = 5.0
+WATCH_INTERVAL_LIMITS = (0.1, 60.0)
 FILESYSTEMS = ("ext4", "xfs")
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 

@@ -28,6 +28,7 @@ class Tunables:
     config_explicit: bool
     imds_endpoint: str
     ec2_endpoint: str | None
+    autoscaling_endpoint: str | None
     region: str | None
     wait_timeout: float | None
     imds_timeout: float | None
@@ -48,6 +49,7 @@ class Tunables:
             imds_endpoint=env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT,
             # Older botocore (Debian 12 ships 1.29) does not read AWS_ENDPOINT_URL_EC2 itself.
             ec2_endpoint=env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL") or None,
+            autoscaling_endpoint=env.get("AWS_ENDPOINT_URL_AUTO_SCALING") or env.get("AWS_ENDPOINT_URL") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             wait_timeout=_seconds(env.get("SNAPTASTIC_WAIT_TIMEOUT")),
             imds_timeout=_seconds(env.get("SNAPTASTIC_IMDS_TIMEOUT")),

@@ -41,6 +41,11 @@ class InstanceIdentity:
     private_ip: str
     userdata: bytes | None
     pending_time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # Notices, as EC2 shows them (None: the path answers 404): a Spot interruption, a rebalance recommendation,
+    # and the Auto Scaling target lifecycle state (only for an instance in a group).
+    spot_action: dict[str, str] | None = None
+    rebalance: dict[str, str] | None = None
+    lifecycle_state: str | None = None
 
     @property
     def local_hostname(self) -> str:
@@ -190,6 +195,12 @@ class MetadataService:
                 indent=2,
             ),
         }
+        if ident.spot_action is not None:
+            values["/latest/meta-data/spot/instance-action"] = json.dumps(ident.spot_action)
+        if ident.rebalance is not None:
+            values["/latest/meta-data/events/recommendations/rebalance"] = json.dumps(ident.rebalance)
+        if ident.lifecycle_state is not None:
+            values["/latest/meta-data/autoscaling/target-lifecycle-state"] = ident.lifecycle_state
         if path in values:
             return 200, values[path].encode(), text
         return 404, b"Not Found", "text/html"

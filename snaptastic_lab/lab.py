@@ -103,6 +103,7 @@ class Lab:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._emulator: Any = None
+        self._autoscaling: Any = None
         self._neighbour_imds: list[MetadataService] = []
         self._imds: MetadataService | None = None
         self._internal: Any = None
@@ -162,7 +163,14 @@ class Lab:
             self.account_id,
         )
         self._emulator.start_clock()
-        self._server = make_server("127.0.0.1", 0, self._emulator, threaded=True, request_handler=QuietHandler)
+        from snaptastic_lab.autoscaling import AutoScalingEmulator, Router
+        from snaptastic_lab.ec2 import INTERNAL_HEADER
+
+        self._autoscaling = AutoScalingEmulator(create_backend_app("autoscaling"),
+                                                _fresh_autoscaling_backend(self.account_id, self.region), self.faults,
+                                                self.account_id, INTERNAL_HEADER)
+        app = Router(self._emulator, self._autoscaling)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="lab-ec2", daemon=True)
         self._thread.start()
@@ -205,7 +213,8 @@ class Lab:
 
     # Clients and environment
 
-    def _client(self, internal: bool = False, max_attempts: int | None = None, read_timeout: float = 120) -> Any:
+    def _client(self, internal: bool = False, max_attempts: int | None = None, read_timeout: float = 120,
+                service: str = "ec2") -> Any:
         from botocore.config import Config
 
         from snaptastic_lab.ec2 import INTERNAL_HEADER
@@ -214,7 +223,7 @@ class Lab:
         if max_attempts is not None:
             retries["total_max_attempts"] = max_attempts
         client = _session().client(
-            "ec2",
+            service,
             endpoint_url=self.endpoint,
             region_name=self.region,
             aws_access_key_id="lab",
@@ -226,7 +235,7 @@ class Lab:
             def mark(request: Any, **_: Any) -> None:
                 request.headers[INTERNAL_HEADER] = "internal"
 
-            client.meta.events.register("before-sign.ec2.*", mark)
+            client.meta.events.register(f"before-sign.{service}.*", mark)
         return client
 
     @property
@@ -254,6 +263,8 @@ class Lab:
         env.update(
             {
                 "AWS_ENDPOINT_URL_EC2": self.endpoint,
+                # The same endpoint: the lab routes a request by the service of its SigV4 credential scope.
+                "AWS_ENDPOINT_URL_AUTO_SCALING": self.endpoint,
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_endpoint,
                 "AWS_EC2_METADATA_DISABLED": "false",
                 "AWS_SHARED_CREDENTIALS_FILE": str(self.workdir / "aws" / "credentials"),
@@ -363,6 +374,63 @@ class Lab:
     def set_userdata(self, userdata: Userdata) -> None:
         self.imds.identity.userdata = userdata_bytes(userdata)
 
+    # Interruption notices and Auto Scaling
+
+    def spot_notice(self, action: str = "terminate", time: str | None = None) -> dict[str, str]:
+        """EC2 gives the current instance a Spot interruption notice (two minutes ahead, unless `time`)."""
+        from datetime import datetime, timedelta, timezone
+
+        when = time or (datetime.now(timezone.utc) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.imds.identity.spot_action = {"action": action, "time": when}
+        return self.imds.identity.spot_action
+
+    def rebalance_notice(self) -> dict[str, str]:
+        """EC2 recommends rebalancing the current instance (its Spot capacity is at elevated risk)."""
+        from datetime import datetime, timezone
+
+        self.imds.identity.rebalance = {"noticeTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return self.imds.identity.rebalance
+
+    def clear_notices(self) -> None:
+        ident = self.imds.identity
+        ident.spot_action = ident.rebalance = None
+
+    def join_auto_scaling_group(self, group: str = "lab-group", hook: str | None = "snaptastic-terminate",
+                                heartbeat: int = 300) -> str:
+        """Put the current instance in a new Auto Scaling group (moto), with a termination lifecycle hook."""
+        client = self._client(internal=True, service="autoscaling")
+        client.create_launch_configuration(LaunchConfigurationName=group, ImageId=IMAGE_ID, InstanceType=INSTANCE_TYPE)
+        client.create_auto_scaling_group(AutoScalingGroupName=group, LaunchConfigurationName=group, MinSize=0,
+                                         MaxSize=10, DesiredCapacity=0, AvailabilityZones=[self.availability_zone])
+        client.attach_instances(AutoScalingGroupName=group, InstanceIds=[self.instance_id])
+        if hook:
+            client.put_lifecycle_hook(AutoScalingGroupName=group, LifecycleHookName=hook, HeartbeatTimeout=heartbeat,
+                                      LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING", DefaultResult="ABANDON")
+        self.imds.identity.lifecycle_state = "InService"
+        return group
+
+    def set_lifecycle_state(self, state: str) -> None:
+        """The target lifecycle state the metadata service shows; `Terminated` also starts the group's
+        termination of the instance (it waits on the termination hooks, as in Auto Scaling)."""
+        self.imds.identity.lifecycle_state = state
+        if state == "Terminated":
+            self._autoscaling.start_termination(self.instance_id)
+
+    @property
+    def autoscaling(self) -> Any:
+        """A boto3 Auto Scaling client on the lab (its calls are not recorded)."""
+        return self._client(internal=True, service="autoscaling")
+
+    @property
+    def lifecycle_actions(self) -> list[Any]:
+        """The completed lifecycle actions (`CompletedAction`: time, group, hook, instance_id, result)."""
+        return list(self._autoscaling.completed)
+
+    @property
+    def autoscaling_calls(self) -> list[tuple[float, str]]:
+        """(time, action) of every Auto Scaling call made through the lab's endpoint, except the lab's own."""
+        return list(self._autoscaling.calls)
+
     # Observation
 
     @property
@@ -448,6 +516,16 @@ def _claim_account() -> str:
 def _release_account(account_id: str) -> None:
     with _backend_lock:
         _accounts_in_use.discard(account_id)
+
+
+def _fresh_autoscaling_backend(account_id: str, region: str) -> Any:
+    """moto's Auto Scaling backend for `region`, emptied (it shares the account's EC2 backend)."""
+    with _backend_lock:
+        from moto.autoscaling.models import autoscaling_backends
+
+        backend = autoscaling_backends[account_id][region]
+        backend.reset()
+        return backend
 
 
 def _fresh_backend(account_id: str, region: str) -> Any:

@@ -1,8 +1,9 @@
-"""The shipped IAM policy allows every EC2 action the agent calls, and nothing broader than it must.
+"""The shipped IAM policy allows every EC2 and Auto Scaling action the agent calls, and nothing broader than it must.
 
 The calls are found by reading the source: every EC2 call lives in snaptastic_boot/system/ec2.py, written as
-`self._client.<operation>(` or `self._client.get_paginator("<operation>")`. botocore's own service model
-turns the snake_case names back into EC2 action names, so a typo or a new call cannot slip through.
+`self._client.<operation>(` or `self._client.get_paginator("<operation>")`, and the one Auto Scaling call in
+snaptastic_boot/system/autoscaling.py, written the same way. botocore's own service models turn the snake_case
+names back into action names, so a typo or a new call cannot slip through.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "iam-policy.json"
 DOC = ROOT / "README.md"
 EC2_MODULE = ROOT / "snaptastic_boot" / "system" / "ec2.py"
+AUTOSCALING_MODULE = ROOT / "snaptastic_boot" / "system" / "autoscaling.py"
+SERVICES = ("ec2", "autoscaling")
 
 CALL = re.compile(r"self\._client\.([a-z][a-z0-9_]*)\(")
 PAGINATOR = re.compile(r"self\._client\.get_paginator\(\s*[\"']([a-z][a-z0-9_]*)[\"']")
@@ -30,12 +33,12 @@ needs_ec2_module = pytest.mark.xfail(
 )
 
 
-def _operation_names() -> dict[str, str]:
-    """snake_case method name -> EC2 action name, from botocore's EC2 service model."""
+def _operation_names(service: str = "ec2") -> dict[str, str]:
+    """snake_case method name -> action name, from botocore's service model of `service`."""
     boto3 = pytest.importorskip("boto3")
     from botocore import xform_name
 
-    model = boto3.client("ec2", region_name="us-east-1").meta.service_model
+    model = boto3.client(service, region_name="us-east-1").meta.service_model
     return {xform_name(name): name for name in model.operation_names}
 
 
@@ -51,12 +54,14 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def scan_actions() -> set[str]:
-    """EC2 action names called anywhere in snaptastic_boot/."""
-    operations = _operation_names()
+def scan_actions(service: str = "ec2") -> set[str]:
+    """EC2 action names called anywhere in snaptastic_boot/ (Auto Scaling: in its adapter)."""
+    operations = _operation_names(service)
     found: set[str] = set()
     unknown: set[str] = set()
-    for path in sorted((ROOT / "snaptastic_boot").rglob("*.py")):
+    paths = [AUTOSCALING_MODULE] if service == "autoscaling" else \
+        [p for p in sorted((ROOT / "snaptastic_boot").rglob("*.py")) if p != AUTOSCALING_MODULE]
+    for path in paths:
         text = path.read_text()
         for name in CALL.findall(text) + PAGINATOR.findall(text):
             if name in NOT_OPERATIONS:
@@ -65,16 +70,16 @@ def scan_actions() -> set[str]:
                 found.add(operations[name])
             else:
                 unknown.add(f"{path.relative_to(ROOT)}: {name}")
-    assert not unknown, f"calls that are not EC2 operations: {sorted(unknown)}"
+    assert not unknown, f"calls that are not {service} operations: {sorted(unknown)}"
     return found
 
 
-def allowed(action: str) -> bool:
+def allowed(action: str, service: str = "ec2") -> bool:
     """Some Allow statement names this action (a policy's conditions are checked by the tests below)."""
     for statement in _statements():
         if statement["Effect"] != "Allow":
             continue
-        if any(fnmatch.fnmatchcase(f"ec2:{action}", pattern) for pattern in _as_list(statement["Action"])):
+        if any(fnmatch.fnmatchcase(f"{service}:{action}", pattern) for pattern in _as_list(statement["Action"])):
             return True
     return False
 
@@ -87,22 +92,33 @@ def test_policy_allows_every_ec2_call_of_the_agent():
     assert not missing, f"packaging/iam-policy.json does not allow {missing}"
 
 
+def test_policy_allows_the_auto_scaling_call_and_only_it():
+    actions = scan_actions("autoscaling")
+    assert actions == {"CompleteLifecycleAction"}, f"the scan found {sorted(actions)}: has the call style changed?"
+    assert allowed("CompleteLifecycleAction", "autoscaling")
+    granted = [(a, s) for s in _statements() for a in _as_list(s["Action"]) if a.startswith("autoscaling:")]
+    assert [a for a, _ in granted] == ["autoscaling:CompleteLifecycleAction"]
+    for _, statement in granted:
+        assert _as_list(statement["Resource"]) == ["arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"]
+
+
 @needs_ec2_module
 def test_policy_grants_no_action_the_agent_does_not_call():
-    actions = scan_actions()
-    granted = {a.removeprefix("ec2:") for s in _statements() for a in _as_list(s["Action"])}
+    actions = {f"ec2:{a}" for a in scan_actions()} | {f"autoscaling:{a}" for a in scan_actions("autoscaling")}
+    granted = {a for s in _statements() for a in _as_list(s["Action"])}
     unused = sorted(granted - actions)
     if unused:
         # Not a failure: the agent may drop a call before the policy follows. Least privilege says remove them.
         warnings.warn(f"packaging/iam-policy.json grants actions the agent does not call: {unused}", stacklevel=1)
 
 
-def test_policy_names_only_real_ec2_actions():
-    operations = set(_operation_names().values())
+def test_policy_names_only_real_actions():
+    operations = {service: set(_operation_names(service).values()) for service in SERVICES}
     for statement in _statements():
         for action in _as_list(statement["Action"]):
-            assert action.startswith("ec2:") and "*" not in action, f"{statement['Sid']}: {action} is not one action"
-            assert action.removeprefix("ec2:") in operations, f"{statement['Sid']}: {action} is not an EC2 action"
+            service, _, name = action.partition(":")
+            assert service in SERVICES and "*" not in action, f"{statement['Sid']}: {action} is not one action"
+            assert name in operations[service], f"{statement['Sid']}: {action} is not an {service} action"
 
 
 def test_policy_shape():

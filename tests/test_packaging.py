@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEB = ROOT / "packaging" / "deb"
 DEBIAN = DEB / "debian"
 WRAPPER = DEB / "snaptastic-units"
-UNITS = ("snaptastic-mount.service", "snaptastic-snapshot.service", "snaptastic-periodic.service", "snaptastic-periodic.timer")
+UNITS = ("snaptastic-mount.service", "snaptastic-snapshot.service", "snaptastic-periodic.service", "snaptastic-periodic.timer",
+         "snaptastic-watch.service")
 INSTALLED_UNIT_DIR = Path("/lib/systemd/system")
 PACKAGE = "snaptastic-boot"
 NOT_IMPLEMENTED = 5
@@ -99,7 +100,7 @@ def wrapper(tmp_path: Path):
 
 def test_shipped_defaults_do_nothing(wrapper):
     defaults = (DEB / "etc" / "default" / "snaptastic").read_text()
-    for action, state in (("mount", "starting"), ("snapshot", "stopping"), ("periodic", "running")):
+    for action, state in (("mount", "starting"), ("snapshot", "stopping"), ("periodic", "running"), ("watch", "running")):
         rc, calls, err = wrapper(action, defaults, state=state)
         assert (rc, calls) == (0, []), err
         assert "nothing" in err
@@ -160,6 +161,18 @@ def test_periodic_snapshots_then_cleans_and_tolerates_the_lock(wrapper):
     assert rc == 0 and "holds the lock" in err
 
 
+def test_watch_runs_one_process_for_every_name_with_the_hook_and_rebalance_setting(wrapper):
+    rc, calls, err = wrapper("watch", 'SNAPTASTIC_WATCH="solr logs"\nSNAPTASTIC_LIFECYCLE_HOOK="drain"\n'
+                                      'SNAPTASTIC_WATCH_REBALANCE="no"\nSNAPTASTIC_ARGS="-v"\n')
+    assert (rc, calls) == (0, ["watch solr logs --lifecycle-hook drain --no-rebalance -v"]), err
+    rc, calls, err = wrapper("watch", 'SNAPTASTIC_WATCH="solr"\n')
+    assert (rc, calls) == (0, ["watch solr"]), err
+    rc, calls, err = wrapper("watch", 'SNAPTASTIC_WATCH="solr"\n', rc=3)
+    assert rc == 3  # exec: the unit sees snaptastic's own exit code, and restarts on failure
+    rc, calls, err = wrapper("watch", 'SNAPTASTIC_WATCH="solr"\nSNAPTASTIC_WATCH_REBALANCE="maybe"\n')
+    assert (rc, calls) == (2, []) and "set it to yes or no" in err
+
+
 def test_unknown_action_is_a_usage_error(wrapper):
     rc, calls, _ = wrapper("bogus", "")
     assert rc == 2 and calls == []
@@ -204,6 +217,10 @@ def test_unit_settings():
     ):
         assert line in snapshot
     assert re.search(r"^After=.*network-online\.target.*snaptastic-mount\.service", snapshot, re.M)
+    watch = (DEBIAN / f"{PACKAGE}.snaptastic-watch.service").read_text()
+    for line in ("ExecStart=/usr/lib/snaptastic-boot/snaptastic-units watch", "Restart=on-failure",
+                 "RestartPreventExitStatus=2", "KillMode=mixed", "TimeoutStopSec="):
+        assert line in watch
 
 
 def test_changelog_version_is_the_package_version():
@@ -305,6 +322,7 @@ def test_installed_files(installed: Path):
         "multi-user.target.wants/snaptastic-mount.service",
         "multi-user.target.wants/snaptastic-snapshot.service",
         "timers.target.wants/snaptastic-periodic.timer",
+        "multi-user.target.wants/snaptastic-watch.service",
     ):
         assert (Path("/etc/systemd/system") / name).is_symlink(), f"{name} is not enabled"
 
@@ -332,7 +350,7 @@ def test_installed_units_verify(installed: Path):
 
 @needs_root
 def test_installed_wrapper_does_nothing_until_configured(installed: Path):
-    for action in ("mount", "snapshot", "periodic"):
+    for action in ("mount", "snapshot", "periodic", "watch"):
         proc = run("/usr/lib/snaptastic-boot/snaptastic-units", action)
         assert proc.returncode == 0, proc.stderr
         assert "nothing" in proc.stderr

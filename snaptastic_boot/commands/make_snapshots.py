@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from snaptastic_boot.apply.snapshot import SnapshotMaker, local_devices
-from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, recover, show_plan, start, throttling
+from snaptastic_boot.apply.snapshot import SnapshotMaker, SnapshotReport, local_devices
+from snaptastic_boot.commands.context import Adapters, Inputs, Run, build, print_json, recover, show_plan, start, throttling
 from snaptastic_boot.plan import snapshot
 from snaptastic_boot.system import lock
 from snaptastic_boot.tunables import Tunables
@@ -17,21 +17,10 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         as_json: bool = False, tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
     r = start(build(inputs, tunables, adapters), name)
     with lock.exclusive(r.paths.lock_file):
-        recover(r)
-        instance = r.ec2.describe_instance(r.ctx.metadata.instance_id)
-        plan = snapshot.plan_snapshots(r.spec, snapshot.description(r.snapshotter, r.spec), instance,
-                                       r.devices.mounts(), local_devices(r.devices, instance), freeze=freeze)
-        volume_ids = [t.volume_id for t in plan.targets]
-        volumes = r.ec2.describe_volumes(volume_ids=volume_ids)
-        plan = snapshot.with_missing_tags(plan, r.spec.filter_tags, volumes)
-        pending = r.ec2.describe_snapshots([{"Name": "volume-id", "Values": volume_ids},
-                                            {"Name": "status", "Values": ["pending"]}]) if volume_ids else []
-        snapshot.check_pending_limits(plan, volumes, pending)
+        plan = plan_for(r, freeze=freeze)
         if dry_run:
             return show_plan(plan, as_json)
-        maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
-                              wait_timeout=r.ctx.tunables.wait_timeout, expedite_freeze=r.ctx.tunables.expedite_freeze)
-        report = maker.apply(plan, wait=wait)
+        report = take(r, plan, wait=wait)
     log.info("make-snapshots done with %d EC2 API calls%s", r.ec2.total_calls, throttling(r.ec2))
     if as_json:
         print_json(report.as_dict())
@@ -40,3 +29,26 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         print(f"{mp}: {snap_id}")
     print(f"frozen for {report.freeze_ms:.0f} ms")
     return 0
+
+
+def plan_for(r: Run, *, freeze: bool = True) -> snapshot.SnapshotPlan:
+    """Under the lock: thaw what a killed run left frozen, read the world and decide (refusing before anything
+    is frozen when a volume has as many pending snapshots as EBS allows)."""
+    recover(r)
+    instance = r.ec2.describe_instance(r.ctx.metadata.instance_id)
+    plan = snapshot.plan_snapshots(r.spec, snapshot.description(r.snapshotter, r.spec), instance,
+                                   r.devices.mounts(), local_devices(r.devices, instance), freeze=freeze)
+    volume_ids = [t.volume_id for t in plan.targets]
+    volumes = r.ec2.describe_volumes(volume_ids=volume_ids)
+    plan = snapshot.with_missing_tags(plan, r.spec.filter_tags, volumes)
+    pending = r.ec2.describe_snapshots([{"Name": "volume-id", "Values": volume_ids},
+                                        {"Name": "status", "Values": ["pending"]}]) if volume_ids else []
+    snapshot.check_pending_limits(plan, volumes, pending)
+    return plan
+
+
+def take(r: Run, plan: snapshot.SnapshotPlan, *, wait: bool = False) -> SnapshotReport:
+    """Under the lock: hooks, freeze, one CreateSnapshots call, thaw."""
+    maker = SnapshotMaker(r.ec2, r.devices, hooks=r.hooks, max_freeze=r.ctx.tunables.max_freeze,
+                          wait_timeout=r.ctx.tunables.wait_timeout, expedite_freeze=r.ctx.tunables.expedite_freeze)
+    return maker.apply(plan, wait=wait)

@@ -100,7 +100,8 @@ class Ec2:
         return delay
 
     @staticmethod
-    def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int) -> Any:
+    def _make_client(region: str, endpoint: str | None, credentials_timeout: float, credentials_attempts: int,
+                     service: str = "ec2") -> Any:
         config = Config(
             region_name=region,
             # botocore's own retries are off; `_retry_delay` decides, by the run's deadline.
@@ -111,7 +112,8 @@ class Ec2:
             user_agent_extra=f"snaptastic-boot/{__version__}",
         )
         core = botocore.session.get_session()
-        core.register_component("data_loader", _Ec2Loader())
+        if service == "ec2":
+            core.register_component("data_loader", _Ec2Loader())
         # The instance-profile credentials come from the same metadata service; botocore's own 1 s and one
         # attempt would fail where the agent's reads of a slow service succeed.
         core.set_config_variable("metadata_service_timeout", credentials_timeout)
@@ -123,7 +125,7 @@ class Ec2:
         if credentials is None:
             raise CredentialsMissing(messages.NO_CREDENTIALS)
         # botocore's client directly: boto3 adds nothing the agent uses, and its import costs a tenth of a second.
-        return core.create_client("ec2", region_name=region, endpoint_url=endpoint, config=config)
+        return core.create_client(service, region_name=region, endpoint_url=endpoint, config=config)
 
     def _count(self, model: Any, **_: Any) -> None:
         with self._lock:

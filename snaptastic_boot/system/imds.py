@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,10 @@ from snaptastic_boot.errors import MetadataUnavailable
 log = logging.getLogger("snaptastic.imds")
 
 TOKEN_TTL_SECONDS = 21600
+# A token is renewed this long before it expires, so that no read of a long-running watch meets a 401 on time.
+TOKEN_RENEW_MARGIN = 60.0
+# One poll of a long-running watch reads once with this bound; the next poll is the retry.
+POLL_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
 # Each read of the service gives up after this many seconds in all (SNAPTASTIC_IMDS_TIMEOUT): long enough for
 # IMDS to come up early in boot, short enough to fail clearly.
@@ -64,6 +68,8 @@ class ImdsClient:
         budget: float | None = None,
         sleeps: Sequence[float] = BACKOFF_SLEEPS,
         session: requests.Session | None = None,
+        token_ttl: int = TOKEN_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base = endpoint.rstrip("/") + "/"
         self.budget = DEFAULT_BUDGET if budget is None else budget
@@ -72,6 +78,10 @@ class ImdsClient:
         self._level = 0
         self.session = session or requests.Session()
         self._token: str | None = None
+        self.token_ttl = token_ttl
+        self._clock = clock
+        self._token_expires = 0.0
+        self.tokens_fetched = 0
         self.version: str | None = None  # "v2" or "v1" once known
 
     # -- public reads -------------------------------------------------------------------------------------
@@ -112,6 +122,26 @@ class ImdsClient:
     def user_data(self) -> bytes | None:
         """Raw userdata, or None when the instance has none (IMDS answers 404)."""
         return self.get_bytes("latest/user-data")
+
+    def poll(self, path: str, timeout: float = POLL_TIMEOUT) -> bytes | None:
+        """One read for a loop that polls: the body, or None on 404 (nothing there). No backoff: the next
+        poll is the retry. The token is reused across polls until shortly before it expires; a 401 (the
+        service restarted) gets a new one and one more try. Raises MetadataUnavailable when it fails."""
+        url = self.base + path
+        for attempt in (1, 2):
+            try:
+                resp = self.session.get(url, headers=self._auth_headers(timeout), timeout=(CONNECT_TIMEOUT, timeout))
+            except requests.RequestException as exc:
+                raise MetadataUnavailable(messages.imds_poll_failed(path, _describe(exc))) from exc
+            if resp.status_code == 401 and self.version == "v2" and attempt == 1:
+                self._token = None
+                continue
+            if resp.status_code == 404:
+                return None
+            if resp.status_code == 200:
+                return resp.content
+            raise MetadataUnavailable(messages.imds_poll_failed(path, f"HTTP {resp.status_code}"))
+        raise MetadataUnavailable(messages.imds_poll_failed(path, "token rejected (HTTP 401)"))
 
     # -- protocol ------------------------------------------------------------------------------------------
 
@@ -159,9 +189,14 @@ class ImdsClient:
     def _auth_headers(self, timeout: float) -> dict[str, str]:
         if self.version == "v1":
             return {}
+        if self._token is not None and self._clock() >= self._token_expires:
+            self._token = None
         if self._token is None:
             try:
+                asked = self._clock()
                 self._token = self._fetch_token(timeout)
+                self.tokens_fetched += 1
+                self._token_expires = asked + max(self.token_ttl - TOKEN_RENEW_MARGIN, self.token_ttl / 2)
                 self.version = "v2"
             except _TokenUnsupported:
                 log.warning("metadata service does not support IMDSv2 tokens; using IMDSv1")
@@ -172,7 +207,7 @@ class ImdsClient:
     def _fetch_token(self, timeout: float) -> str:
         resp = self.session.put(
             self.base + "latest/api/token",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.token_ttl)},
             timeout=(CONNECT_TIMEOUT, timeout),
         )
         if resp.status_code in (404, 405):

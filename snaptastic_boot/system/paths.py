@@ -26,3 +26,8 @@ class Paths:
     @property
     def lock_file(self) -> Path:
         return self.run_dir / "snaptastic.lock"
+
+    @property
+    def watch_state(self) -> Path:
+        """The notices `snaptastic watch` handled on this boot (the run directory is emptied at boot)."""
+        return self.run_dir / "watch-notices.json"

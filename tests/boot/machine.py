@@ -25,7 +25,7 @@ from tests.boot.image import Image, clean_nspawn_leftovers
 
 LAB_DEV = "/lab/dev"
 LAB_SYS = "/lab/sys"
-UNITS = ("snaptastic-mount.service", "snaptastic-snapshot.service", "snaptastic-periodic.service")
+UNITS = ("snaptastic-mount.service", "snaptastic-snapshot.service", "snaptastic-periodic.service", "snaptastic-watch.service")
 CONTAINER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "TERM": "dumb"}
 BOOT_TIMEOUT = 180.0
 STOP_TIMEOUT = 180.0
@@ -126,6 +126,7 @@ class Instance:
         """Environment= drop-ins for the package's units: the lab's EC2 and IMDS endpoints and device dirs."""
         env = {
             "AWS_ENDPOINT_URL_EC2": self.lab.endpoint,
+            "AWS_ENDPOINT_URL_AUTO_SCALING": self.lab.endpoint,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.lab.imds_endpoint,
             "SNAPTASTIC_DEV_ROOT": LAB_DEV,
             "SNAPTASTIC_SYS_ROOT": LAB_SYS,
