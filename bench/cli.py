@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the results as JSON to PATH (or stdout)")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a '## Performance' section with the table to PATH")
     p.add_argument("--compare", type=Path, metavar="PATH", help="also show the change against an earlier run's JSON")
+    p.add_argument("--fleet", metavar="M,K,SCALE", nargs="?", const="24,2,0.1",
+                   help="also run the fleet benchmark (bench/fleet.py): M instances x K volumes against the token "
+                        "buckets times SCALE (default 24,2,0.1), its table in the same report")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     try:
@@ -36,6 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sizes: a comma list of volume counts, like 1,4,8,16")
     if not args.sizes or min(args.sizes) < 1 or max(args.sizes) > 21:
         p.error("--sizes: counts from 1 to 21")
+    if args.fleet:
+        try:
+            m, k, scale = args.fleet.split(",")
+            args.fleet = (int(m), int(k), float(scale))
+        except ValueError:
+            p.error("--fleet: M,K,SCALE, like 24,2,0.1")
     if args.repetitions < 1 or args.matching < 1 or args.snapshots < args.matching:
         p.error("--repetitions and --matching at least 1, --snapshots at least --matching")
     return args
@@ -82,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         result["resolution"]["baseline"] = scenarios.resolution_point(opts, args.matching, args.matching)
     progress("start-up")
     result["startup"] = scenarios.startup_point(opts)
+    if args.fleet:
+        from bench import fleet
+
+        m, k, scale = args.fleet
+        progress(f"a fleet of {m} instances x {k} volumes, token buckets x {scale:g}")
+        result["fleet"] = fleet.run(*args.fleet, python, args.workdir)
     biggest = max(result["mount_snapshots"], key=lambda r: r["n"])
     result["memory"] = {"n": biggest["n"], "maxrss_kb": biggest["maxrss_kb"]}
     result["targets"] = report.targets(result)

@@ -10,7 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-COMMAND = "sudo bench/run --json bench/last.json --markdown bench/PERFORMANCE.md   # last.json is not committed"
+COMMAND = "sudo bench/run --fleet --json bench/last.json --markdown bench/PERFORMANCE.md   # last.json is not committed"
 
 
 def machine(python: str) -> dict[str, Any]:
@@ -70,6 +70,17 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         start["first_ec2_call_ms"] <= 350)
     add("snaptastic --version imports no boto3", ", ".join(start["version_heavy_imports"]) or "none", "no boto3/botocore",
         not {"boto3", "botocore"} & set(start["version_heavy_imports"]))
+    fleet = result.get("fleet")
+    if fleet:
+        for name in ("mount_snapshots", "make_snapshots"):
+            r = fleet[name]
+            label = name.replace("_", "-")
+            add(f"fleet {label}: runs succeeded", f"{r['succeeded']}/{r['runs']}", "all", r["succeeded"] == r["runs"])
+            add(f"fleet {label}: wall / token-bucket lower bound", r["ratio"], "<= 1.3",
+                r["ratio"] is not None and r["ratio"] <= 1.3)
+        r = fleet["mount_snapshots"]
+        add("fleet: duplicate, leaked or missing volumes", r["duplicates"] + r["leaked"] + r["missing"], "== 0",
+            r["duplicates"] + r["leaked"] + r["missing"] == 0)
     return out
 
 
@@ -160,9 +171,13 @@ def table(result: dict[str, Any]) -> str:
         f"whole dry run {s['dry_run_ms']:.0f} ms",
     ]
     mem = result["memory"]
+    lines += ["", f"5. peak memory of a {mem['n']}-volume restore (agent process, maxrss): {mem['maxrss_kb'] / 1024:.1f} MiB"]
+    if result.get("fleet"):
+        from bench import fleet
+
+        lines += ["", "6. a fleet booting at once (bench/fleet.py), against the lab's EC2 token buckets",
+                  *("   " + line for line in fleet.table(result["fleet"]).splitlines())]
     lines += [
-        "",
-        f"5. peak memory of a {mem['n']}-volume restore (agent process, maxrss): {mem['maxrss_kb'] / 1024:.1f} MiB",
         "",
         f"targets: {sum(t['pass'] for t in result['targets'])} of {len(result['targets'])} pass"
         + (": failing " + "; ".join(f"{t['target']} = {t['value']} ({t['limit']})" for t in result["targets"] if not t["pass"])

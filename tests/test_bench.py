@@ -29,6 +29,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--sizes", ",".join(map(str, SIZES)), "--snapshots", str(SNAPSHOTS),
          "--matching", str(MATCHING), "--repetitions", "1", "--latency-ms", "5", "--workdir", str(out / "labs"),
+         "--fleet", "3,1,1",
          "--json", str(path), "--markdown", str(markdown)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
@@ -105,20 +106,15 @@ def test_two_runs_compare(result: dict) -> None:
     assert all(line.rstrip().endswith(("+0%", "-0%")) for line in text.splitlines()[2:] if line.strip())
 
 
-def test_a_small_boot_storm_of_a_fleet(tmp_path: Path) -> None:
-    """bench.fleet: every instance restores and snapshots under EC2's token buckets, with nothing duplicated
-    or leaked; the wall time and its lower bound are reported (never judged here)."""
-    if os.geteuid() != 0:
-        pytest.skip("the benchmark needs root: loop devices and mounts")
-    path = tmp_path / "fleet.json"
-    done = subprocess.run([sys.executable, "-m", "bench.fleet", "--instances", "3", "--volumes", "1",
-                           "--workdir", str(tmp_path / "labs"), "--json", str(path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(path.read_text())
+def test_a_small_boot_storm_of_a_fleet_in_the_same_run(result: dict) -> None:
+    """--fleet: every instance restores and snapshots under EC2's token buckets, with nothing duplicated or
+    leaked; the wall time and its lower bound are reported (never judged here), in the same table."""
+    fleet = result["fleet"]
     for phase in ("mount_snapshots", "make_snapshots"):
-        assert result[phase]["succeeded"] == result[phase]["runs"] == 3, result[phase]["failures"]
-        assert result[phase]["wall_s"] > 0 and result[phase]["lower_bound_s"] >= 0
-    assert (result["mount_snapshots"]["duplicates"], result["mount_snapshots"]["leaked"],
-            result["mount_snapshots"]["missing"]) == (0, 0, 0)
-    assert "lower bound" in done.stdout
+        assert fleet[phase]["succeeded"] == fleet[phase]["runs"] == 3, fleet[phase]["failures"]
+        assert fleet[phase]["wall_s"] > 0 and fleet[phase]["lower_bound_s"] >= 0
+    assert (fleet["mount_snapshots"]["duplicates"], fleet["mount_snapshots"]["leaked"],
+            fleet["mount_snapshots"]["missing"]) == (0, 0, 0)
+    assert "6. a fleet booting at once" in result["_stdout"] and "lower bound" in result["_markdown"]
+    assert {t["target"] for t in result["targets"]} >= {"fleet mount-snapshots: runs succeeded",
+                                                        "fleet make-snapshots: wall / token-bucket lower bound"}
