@@ -6,6 +6,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 MARKER = "SNAPTASTIC_LAB_PRIVATE_NS"
@@ -43,24 +44,29 @@ MNT_DETACH = 2
 LOOP_MAJOR = "7"
 
 
-def own_namespace_argv(argv: list[str]) -> list[str]:
+def own_namespace_argv(argv: list[str], keep: Path | None = None) -> list[str]:
     """`argv` run in a mount namespace of its own, as on a machine of its own.
 
     A new namespace starts as a copy of this one, with every file system other tests of the run have mounted at
     that moment; each copy would keep its file system alive after those tests unmount it (and their agent then
-    waits for it to be let go). The copies are detached before `argv` starts.
+    waits for it to be let go). The copies are detached before `argv` starts, except those at or under `keep`.
     """
-    return ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "snaptastic_lab.namespace", *argv]
+    return ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "snaptastic_lab.namespace",
+            str(keep or ""), *argv]
 
 
-def _detach_loop_mounts() -> None:
+def _detach_loop_mounts(keep: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [fields[4] for fields in map(str.split, f) if fields[2].split(":")[0] == LOOP_MAJOR]
+        points = [fields[4].encode().decode("unicode_escape")
+                  for fields in map(str.split, f) if fields[2].split(":")[0] == LOOP_MAJOR]
+    kept = keep.rstrip("/")
     for point in reversed(points):  # deepest first
-        libc.umount2(point.encode().decode("unicode_escape").encode(), MNT_DETACH)
+        if kept and (point == kept or point.startswith(kept + "/")):
+            continue
+        libc.umount2(point.encode(), MNT_DETACH)
 
 
 if __name__ == "__main__":
-    _detach_loop_mounts()
-    os.execvp(sys.argv[1], sys.argv[1:])
+    _detach_loop_mounts(sys.argv[1])
+    os.execvp(sys.argv[2], sys.argv[2:])
