@@ -36,7 +36,7 @@ class Tunables:
     credentials_timeout: float
     credentials_attempts: int
     api_deadline: float
-    expedite_freeze: bool = False
+    expedite_freeze: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tunables:
@@ -58,8 +58,8 @@ class Tunables:
             credentials_timeout=_seconds(env.get("AWS_METADATA_SERVICE_TIMEOUT")) or DEFAULT_CREDENTIALS_TIMEOUT,
             # How long a run keeps retrying throttled and failing EC2 calls, well inside the units' start limits.
             api_deadline=_seconds(env.get("SNAPTASTIC_API_DEADLINE")) or DEFAULT_API_DEADLINE,
-            # Expedited RCU grace periods while frozen (system/kernel.py): off unless asked for.
-            expedite_freeze=(env.get("SNAPTASTIC_EXPEDITE_FREEZE") or "").strip().lower() in ("1", "true", "yes"),
+            # Expedited RCU grace periods while frozen (system/kernel.py): on unless turned off.
+            expedite_freeze=(env.get("SNAPTASTIC_EXPEDITE_FREEZE") or "1").strip().lower() not in ("0", "false", "no"),
             credentials_attempts=int(_seconds(env.get("AWS_METADATA_SERVICE_NUM_ATTEMPTS")) or DEFAULT_CREDENTIALS_ATTEMPTS),
         )
 

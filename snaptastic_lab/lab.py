@@ -273,6 +273,8 @@ class Lab:
                 "SNAPTASTIC_SYS_ROOT": str(self.sys_root),
                 "SNAPTASTIC_FSTAB": str(self.fstab),
                 "SNAPTASTIC_RUN_DIR": str(self.run_dir),
+                # The lab's agents leave this machine's kernel settings alone, unless a test or the bench asks.
+                "SNAPTASTIC_EXPEDITE_FREEZE": "0",
                 "NO_PROXY": no_proxy,
                 "no_proxy": no_proxy,
             }

@@ -19,6 +19,11 @@ SIZES = (1, 2)
 SNAPSHOTS, MATCHING = 200, 5
 
 
+# The benchmark's make-snapshots runs change the machine's RCU setting, as tests/lab/test_expedited_freeze.py
+# checks it does: never both at once.
+pytestmark = pytest.mark.xdist_group("rcu_expedited")
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     if os.geteuid() != 0:

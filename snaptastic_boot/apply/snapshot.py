@@ -61,7 +61,7 @@ class SnapshotMaker:
     hooks: Hooks = field(default_factory=Hooks)
     max_freeze: float = DEFAULT_MAX_FREEZE
     wait_timeout: float | None = None
-    expedite_freeze: bool = False
+    expedite_freeze: bool = True
 
     def apply(self, plan: SnapshotPlan, wait: bool = False) -> SnapshotReport:
         if not plan.targets:

@@ -23,6 +23,17 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def no_kernel_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The freeze expedites RCU grace periods through /sys: a file of the test's own instead (as root, the
+    real one would change for the whole machine)."""
+    from snaptastic_boot.system import kernel
+
+    setting = tmp_path_factory.mktemp("sys") / "rcu_expedited"
+    setting.write_text("0")
+    monkeypatch.setattr(kernel, "RCU_EXPEDITED", setting)
+
+
+@pytest.fixture(autouse=True)
 def logging_as_it_was() -> Iterator[None]:
     """cli.main points the root logger at the sys.stderr of its moment (a test's capture, closed after the test):
     later tests would log into a closed stream."""

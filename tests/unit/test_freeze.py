@@ -108,3 +108,12 @@ def test_a_kernel_without_the_setting_freezes_as_before(monkeypatch: pytest.Monk
     with freeze_mod.frozen(["/mnt/1"], fake.freeze, fake.thaw, max_seconds=30, expedite=True):
         assert fake.frozen == {"/mnt/1"}
     assert fake.frozen == set() and not (tmp_path / "missing").exists()
+
+
+def test_expedited_grace_periods_are_the_default_and_can_be_turned_off() -> None:
+    from snaptastic_boot.tunables import Tunables
+
+    assert Tunables.from_env({}).expedite_freeze
+    assert Tunables.from_env({"SNAPTASTIC_EXPEDITE_FREEZE": "1"}).expedite_freeze
+    for off in ("0", "no", "false", "NO"):
+        assert not Tunables.from_env({"SNAPTASTIC_EXPEDITE_FREEZE": off}).expedite_freeze
