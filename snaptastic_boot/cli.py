@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -240,8 +241,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                      interval=args.interval)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str], ran: dict[str, argparse.Namespace]) -> int:
+    """Parse and run; the one place errors become exit codes. `ran` gets the parsed arguments."""
     parser = build_parser()
     level = "INFO"
     try:
@@ -253,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.name, extra = extra[0], []
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        ran["args"] = args
         level = "DEBUG" if getattr(args, "verbose", False) else (getattr(args, "loglevel", None) or "INFO")
         _configure_logging(level)
         func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
@@ -274,6 +276,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         if level == "DEBUG":
             raise
         return EXIT_FAILED
+
+
+# Commands whose runs are recorded for node_exporter's textfile collector: those that change something, and
+# the backup check.
+RECORDED = ("mount-snapshots", "make-snapshots", "unmount-snapshots", "clean", "check-backups", "copy-snapshots")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ran: dict[str, argparse.Namespace] = {}
+    command = next((a for a in argv if not a.startswith("-")), "")
+    observation = None
+    if command in RECORDED:
+        from snaptastic_boot import metrics
+
+        observation = metrics.begin(command, "")
+    started = time.monotonic()
+    try:
+        code = _dispatch(argv, ran)
+    finally:
+        if observation is not None:
+            from snaptastic_boot import metrics
+
+            metrics.end()
+    args = ran.get("args")
+    if observation is not None and args is not None and not getattr(args, "dry_run", False):
+        observation.snapshotter = getattr(args, "name", None) or "all"
+        _write_metrics(observation, code, time.monotonic() - started)
+    return code
+
+
+def _write_metrics(observation: Any, code: int, seconds: float) -> None:
+    """Metrics never change a run's outcome: a directory that is missing means no collector (nothing written),
+    any other problem is a warning."""
+    from pathlib import Path
+
+    from snaptastic_boot import metrics
+    from snaptastic_boot.system import textfile
+    from snaptastic_boot.tunables import Tunables
+
+    directory = Tunables.from_env().metrics_dir
+    if not directory or not Path(directory).is_dir():
+        return
+    path = Path(directory) / metrics.file_name(observation.command, observation.snapshotter)
+    try:
+        observation.finish(code, time.time(), seconds, metrics.last_success(textfile.read(path)))
+        textfile.write_atomic(path, metrics.render(observation.samples))
+    except OSError as exc:
+        log.warning("could not write metrics to %s: %s", path, exc.strerror or exc)
 
 
 if __name__ == "__main__":

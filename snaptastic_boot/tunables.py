@@ -19,6 +19,7 @@ DEFAULT_MAX_FREEZE = 30.0
 DEFAULT_CREDENTIALS_TIMEOUT = 5.0
 DEFAULT_CREDENTIALS_ATTEMPTS = 3
 DEFAULT_API_DEADLINE = 600.0
+DEFAULT_METRICS_DIR = "/var/lib/prometheus/node-exporter"  # node_exporter's textfile collector, as Debian sets it
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Tunables:
     credentials_attempts: int
     api_deadline: float
     expedite_freeze: bool = True
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tunables:
@@ -60,6 +62,8 @@ class Tunables:
             api_deadline=_seconds(env.get("SNAPTASTIC_API_DEADLINE")) or DEFAULT_API_DEADLINE,
             # Expedited RCU grace periods while frozen (system/kernel.py): on unless turned off.
             expedite_freeze=(env.get("SNAPTASTIC_EXPEDITE_FREEZE") or "1").strip().lower() not in ("0", "false", "no"),
+            # Prometheus textfile directory; an empty value turns the metrics off.
+            metrics_dir=env.get("SNAPTASTIC_METRICS_DIR", DEFAULT_METRICS_DIR) or None,
             credentials_attempts=int(_seconds(env.get("AWS_METADATA_SERVICE_NUM_ATTEMPTS")) or DEFAULT_CREDENTIALS_ATTEMPTS),
         )
 

@@ -275,6 +275,7 @@ class Lab:
                 "SNAPTASTIC_RUN_DIR": str(self.run_dir),
                 # The lab's agents leave this machine's kernel settings alone, unless a test or the bench asks.
                 "SNAPTASTIC_EXPEDITE_FREEZE": "0",
+                "SNAPTASTIC_METRICS_DIR": "",  # no metrics files, unless a test asks for them
                 "NO_PROXY": no_proxy,
                 "no_proxy": no_proxy,
             }

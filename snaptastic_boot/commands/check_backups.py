@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from snaptastic_boot import messages, tags
+from snaptastic_boot import messages, metrics, tags
 from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json
 from snaptastic_boot.errors import BadInput
 from snaptastic_boot.plan import backups
@@ -42,11 +42,13 @@ def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict
         else:
             groups = [(n, ctx.snapshotter(n)[1].filter_tags) for n in names]
     ec2 = adapters.ec2(region, tunables)
+    metrics.observe_ec2(ec2)
     result: list[backups.Freshness] = []
     for label, wanted in groups:
         filters = tags.tag_filters(wanted)
         in_use = ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}])
         result += backups.evaluate(in_use, ec2.describe_snapshots(filters), max_age, snapshotter=label)
+    _observe(result)
     if as_json:
         print_json([r.as_dict() for r in result])
     else:
@@ -55,3 +57,17 @@ def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict
         if not result:
             print("UNKNOWN: no in-use volumes with these tags")
     return 0 if result and all(r.ok for r in result) else 1
+
+
+def _observe(result: Sequence[backups.Freshness]) -> None:
+    oldest: dict[str, float | None] = {}
+    for r in result:
+        where = {"snapshotter": r.snapshotter or "all", "mount_point": r.mount_point}
+        metrics.observe("snaptastic_backup_ok", 1 if r.ok else 0, **where)
+        if r.age_seconds is not None:
+            metrics.observe("snaptastic_backup_age_seconds", round(r.age_seconds, 1), **where)
+        before = oldest.get(where["snapshotter"], 0.0)
+        oldest[where["snapshotter"]] = None if r.age_seconds is None or before is None else max(before, r.age_seconds)
+    for snapshotter, age in oldest.items():
+        if age is not None:
+            metrics.observe("snaptastic_newest_complete_set_age_seconds", round(age, 1), snapshotter=snapshotter)

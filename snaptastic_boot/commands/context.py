@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snaptastic_boot import messages
+from snaptastic_boot import messages, metrics
 from snaptastic_boot.apply.freeze import thaw_leftovers
 from snaptastic_boot.apply.hooks import Hooks
 from snaptastic_boot.config import settings as settings_mod
@@ -83,7 +83,9 @@ class Context:
         return snap, settings_mod.resolve(snap)
 
     def ec2(self, region: str | None = None) -> Ec2Api:
-        return self.adapters.ec2(region or self.metadata.region, self.tunables)
+        client = self.adapters.ec2(region or self.metadata.region, self.tunables)
+        metrics.observe_ec2(client)
+        return client
 
 
 def load_settings(inputs: Inputs, tunables: Tunables) -> settings_mod.Settings:

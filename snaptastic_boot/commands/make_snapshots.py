@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from snaptastic_boot import metrics
 from snaptastic_boot.apply.snapshot import SnapshotMaker, SnapshotReport, local_devices
 from snaptastic_boot.commands.context import Adapters, Inputs, Run, build, print_json, recover, show_plan, start, throttling
 from snaptastic_boot.plan import snapshot
@@ -21,6 +22,9 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         if dry_run:
             return show_plan(plan, as_json)
         report = take(r, plan, wait=wait)
+    metrics.observe("snaptastic_freeze_seconds", report.freeze_ms / 1000)
+    metrics.observe("snaptastic_writes_held_seconds", report.blocked_ms / 1000)
+    metrics.observe("snaptastic_snapshots_taken", len(report.snapshots))
     log.info("make-snapshots done with %d EC2 API calls%s", r.ec2.total_calls, throttling(r.ec2))
     if as_json:
         print_json(report.as_dict())

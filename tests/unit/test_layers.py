@@ -20,10 +20,11 @@ ALLOWED = {
     "system": CORE | {"system"},
     "config": CORE | {"config", "snapshotter", "__version__"},
     "apply": CORE | {"apply", "plan", "system", "tunables"},
-    "commands": CORE | {"apply", "plan", "system", "config", "commands", "snapshotter", "tunables"},
+    "commands": CORE | {"apply", "plan", "system", "config", "commands", "snapshotter", "tunables", "metrics"},
     **{core: CORE for core in CORE},
     "tunables": CORE | {"system"},
     "snapshotter": CORE,
+    "metrics": set(),  # what a run observed, and the text format: pure, and fed by the commands
 }
 
 
