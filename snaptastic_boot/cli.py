@@ -105,6 +105,12 @@ def _add_unmount_snapshots(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_unmount_snapshots)
 
 
+def _add_copy_snapshots(sub: argparse._SubParsersAction) -> None:
+    p = _changing(sub, "copy-snapshots", "copy complete snapshot sets to the snapshotter's destination regions")
+    _common(p)
+    p.set_defaults(func=_cmd_copy_snapshots)
+
+
 def _add_clean(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clean", help="delete expired snapshots or leaked volumes of a snapshotter")
     p.add_argument("component", choices=("snapshots", "volumes"), help="what to clean")
@@ -128,6 +134,8 @@ def _add_check_backups(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--role", help="same as --tag role=ROLE")
     p.add_argument("--cluster", help="same as --tag cluster=CLUSTER")
     p.add_argument("--environment", help="same as --tag environment=ENVIRONMENT")
+    p.add_argument("--region", help="check this region's snapshots (a destination of copy-snapshots) instead of "
+                                    "the instance's own")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
     p.set_defaults(func=_cmd_check_backups)
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = "Restore EBS volumes from tagged snapshots at boot; snapshot them at shutdown."
     parser.add_argument("--version", action="version", version=f"snaptastic-boot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_test, _add_list_volumes, _add_mount_snapshots, _add_make_snapshots, _add_unmount_snapshots, _add_clean, _add_check_backups,
+    for add in (_add_test, _add_list_volumes, _add_mount_snapshots, _add_make_snapshots, _add_unmount_snapshots, _add_copy_snapshots, _add_clean, _add_check_backups,
                 _add_watch):
         add(sub)
     return parser
@@ -219,6 +227,12 @@ def _cmd_unmount_snapshots(args: argparse.Namespace) -> int:
                                  as_json=args.json)
 
 
+def _cmd_copy_snapshots(args: argparse.Namespace) -> int:
+    from snaptastic_boot.commands import copy_snapshots
+
+    return copy_snapshots.run(args.name, _inputs(args), dry_run=args.dry_run, as_json=args.json)
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
     from snaptastic_boot.commands import clean
 
@@ -231,7 +245,7 @@ def _cmd_check_backups(args: argparse.Namespace) -> int:
 
     given = {"role": args.role, "cluster": args.cluster, "environment": args.environment}
     return check_backups.run(_inputs(args), name=args.name, age=args.age, given=given, tag_args=args.tag,
-                             as_json=args.json)
+                             region=args.region, as_json=args.json)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ DEFAULT_MOUNT_OPTIONS = "defaults"
 DEFAULT_DELETE_ON_TERMINATION = True
 DEFAULT_CONSISTENT_RESTORE = True
 DEFAULT_REUSE_VOLUMES = False
+# Regions that get a copy of every complete snapshot set (copy-snapshots): none.
+DEFAULT_DESTINATION_REGIONS: tuple[str, ...] = ()
 # `snaptastic watch`: seconds between two polls of the metadata service, and the bounds of --interval. A Spot
 # notice comes two minutes ahead: five seconds leaves nearly all of them to the snapshot.
 DEFAULT_WATCH_INTERVAL = 5.0
@@ -86,6 +88,7 @@ class SnapshotterSpec:
     # Restore all mount points from one snapshot set (one point in time); false: each from its own newest.
     consistent_restore: bool = DEFAULT_CONSISTENT_RESTORE
     reuse_volumes: bool = DEFAULT_REUSE_VOLUMES
+    destination_regions: tuple[str, ...] = DEFAULT_DESTINATION_REGIONS
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ so the Python and JSON forms feed the same planning code; hooks are called aroun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -93,6 +94,8 @@ class Snapshotter:
     # True: at boot, first reattach the volumes a replaced instance left in this zone (needs
     # delete_on_termination=False on every volume).
     REUSE_VOLUMES: ClassVar[bool] = model.DEFAULT_REUSE_VOLUMES
+    # Regions that get a copy of every complete snapshot set, for disaster recovery (copy-snapshots).
+    DESTINATION_REGIONS: ClassVar[Sequence[str]] = model.DEFAULT_DESTINATION_REGIONS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -175,6 +178,7 @@ class Snapshotter:
             description_format=self.SNAPSHOT_DESCRIPTION_FORMAT,
             consistent_restore=self.CONSISTENT_RESTORE,
             reuse_volumes=self.REUSE_VOLUMES,
+            destination_regions=tuple(str(r) for r in self.DESTINATION_REGIONS),
         )
 
 
@@ -207,4 +211,5 @@ class ConfiguredSnapshotter(Snapshotter):
             pending_snapshot_wait=self.entry.get("pending_snapshot_wait", self.PENDING_SNAPSHOT_WAIT),
             consistent_restore=self.entry.get("consistent_restore", self.CONSISTENT_RESTORE),
             reuse_volumes=self.entry.get("reuse_volumes", self.REUSE_VOLUMES),
+            destination_regions=tuple(self.entry.get("destination_regions", self.DESTINATION_REGIONS)),
         )

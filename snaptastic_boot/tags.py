@@ -24,6 +24,9 @@ EXPIRES = "expires"
 SNAPSHOT_SET = "snapshot_set"
 # Set by unmount-snapshots on volumes it detached on purpose: never reattached, left for `clean volumes`.
 DETACHED = "detached"
+# On a copy of a snapshot in another region (copy-snapshots): the snapshot it copies, and that one's region.
+SOURCE_SNAPSHOT_ID = "source_snapshot_id"
+SOURCE_REGION = "source_region"
 
 Tags = dict[str, str]
 

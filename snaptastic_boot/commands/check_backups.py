@@ -17,8 +17,9 @@ from snaptastic_boot.tunables import Tunables
 
 
 def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict[str, str | None] | None = None,
-        tag_args: Sequence[str] = (), as_json: bool = False, tunables: Tunables | None = None,
-        adapters: Adapters | None = None) -> int:
+        tag_args: Sequence[str] = (), region: str | None = None, as_json: bool = False,
+        tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
+    """`region`: check that region's snapshots (a destination of copy-snapshots) instead of the instance's."""
     tunables = tunables or Tunables.from_env()
     adapters = adapters or Adapters.default()
     max_age = backups.parse_age(age)
@@ -28,10 +29,10 @@ def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict
     if tag_args or len(shorthand) == len(tags.IDENTITY_KEYS):
         # Tags given: this may run on a monitoring host, where the standard region variables say where.
         groups = [("", explicit)]
-        region = tunables.region or adapters.imds(tunables).instance_metadata().region
+        home = tunables.region or adapters.imds(tunables).instance_metadata().region
     else:
         ctx = build(inputs, tunables, adapters)
-        region = ctx.metadata.region
+        home = ctx.metadata.region
         names = [name] if name else ctx.settings.names
         if shorthand or not names:
             identity = {**{k: ctx.userdata.get(k) for k in tags.IDENTITY_KEYS}, **shorthand}
@@ -41,13 +42,16 @@ def run(inputs: Inputs, *, name: str | None = None, age: str = "1d", given: dict
             groups = [("", {k: str(v) for k, v in identity.items()})]
         else:
             groups = [(n, ctx.snapshotter(n)[1].filter_tags) for n in names]
-    ec2 = adapters.ec2(region, tunables)
+    ec2 = adapters.ec2(home, tunables)
     metrics.observe_ec2(ec2)
+    # The mount points in use here, and their backups here or, with --region, in that destination.
+    backups_ec2 = ec2 if region in (None, home) else adapters.ec2(str(region), tunables)
+    metrics.observe_ec2(backups_ec2)
     result: list[backups.Freshness] = []
     for label, wanted in groups:
         filters = tags.tag_filters(wanted)
         in_use = ec2.describe_volumes(filters=[*filters, {"Name": "status", "Values": ["in-use"]}])
-        result += backups.evaluate(in_use, ec2.describe_snapshots(filters), max_age, snapshotter=label)
+        result += backups.evaluate(in_use, backups_ec2.describe_snapshots(filters), max_age, snapshotter=label)
     _observe(result)
     if as_json:
         print_json([r.as_dict() for r in result])

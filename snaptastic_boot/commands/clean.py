@@ -25,19 +25,20 @@ def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = 
         raise BadInput(messages.CLEAN_NOTHING_CONFIGURED)
     ec2 = ctx.ec2()
     plan: list[Any] = []
+    elsewhere: dict[str, list[Any]] = {}  # destination region -> its deletions (copy-snapshots' copies)
     for spec in specs:
         if component == "snapshots":
-            found = clean.plan_snapshot_cleanup(spec, ec2.describe_snapshots(tags.snapshot_filters(spec)),
-                                                keep if keep is not None else spec.retention.keep)
-            in_use = ec2.images_using_snapshots([d.snapshot_id for d in found])
-            plan += [d for d in found if d.snapshot_id not in in_use]
+            plan += _expired(ec2, spec, keep)
+            # Retention applies to the disaster-recovery copies too, by the same rules, in each destination.
+            for region in spec.destination_regions:
+                elsewhere.setdefault(region, []).extend(_expired(ctx.ec2(region), spec, keep))
         else:
             available = [*tags.volume_filters(spec), {"Name": "status", "Values": ["available"]}]
             found = ec2.describe_volumes(filters=available)
             copies = ec2.describe_snapshots(tags.snapshot_filters(spec)) if found else []
             plan += clean.plan_volume_cleanup(spec, found, copies)
     if as_json and dry_run:
-        print_json([d.as_dict() for d in plan])
+        print_json([d.as_dict() for d in plan] + [{**d.as_dict(), "region": r} for r, ds in elsewhere.items() for d in ds])
         return 0
     for d in plan:
         if d.keep:
@@ -47,12 +48,26 @@ def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = 
     doomed = [d for d in plan if not d.keep]
     for d in doomed:
         print(f"{'would delete' if dry_run else 'delete'} {d.describe()}")
-    if dry_run or not doomed:
-        if not doomed:
+    for region, deletions in sorted(elsewhere.items()):
+        for d in deletions:
+            print(f"{'would delete' if dry_run else 'delete'} in {region}: {d.describe()}")
+    count = len(doomed) + sum(len(ds) for ds in elsewhere.values())
+    if dry_run or not count:
+        if not count:
             print(f"no {component} to clean")
         return 0
-    if not force and not confirm(f"Delete {len(doomed)} {component}?"):
+    if not force and not confirm(f"Delete {count} {component}?"):
         print("nothing done")
         return 1
     delete_all(ec2, doomed)
+    for region, deletions in sorted(elsewhere.items()):
+        delete_all(ctx.ec2(region), deletions)
     return 0
+
+
+def _expired(ec2: Any, spec: Any, keep: int | None) -> list[Any]:
+    """The snapshots retention deletes in one region, without those an AMI still uses."""
+    found = clean.plan_snapshot_cleanup(spec, ec2.describe_snapshots(tags.snapshot_filters(spec)),
+                                        keep if keep is not None else spec.retention.keep)
+    in_use = ec2.images_using_snapshots([d.snapshot_id for d in found]) if found else {}
+    return [d for d in found if d.snapshot_id not in in_use]

@@ -156,7 +156,7 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
 # The settings-file names of the values the JSON config calls otherwise, for messages that name what the user wrote.
 _SETTINGS_NAMES = {"retention.days": "SNAPSHOT_EXPIRY_DAYS", "retention.keep": "KEEP_SNAPSHOTS",
                    "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT", "consistent_restore": "CONSISTENT_RESTORE",
-                   "reuse_volumes": "REUSE_VOLUMES"}
+                   "reuse_volumes": "REUSE_VOLUMES", "destination_regions": "DESTINATION_REGIONS"}
 
 
 def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
@@ -168,6 +168,7 @@ def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:
         "pending_snapshot_wait": spec.pending_snapshot_wait,
         "consistent_restore": spec.consistent_restore,
         "reuse_volumes": spec.reuse_volumes,
+        "destination_regions": list(spec.destination_regions),
     }
     schema = load_schema("config.schema.json")
     try:

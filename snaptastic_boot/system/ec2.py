@@ -42,7 +42,7 @@ BACKOFF_CAP = 20.0
 # they use, without documentation (about 100 KB instead of 4 MB), so that making a client takes milliseconds
 # instead of a third of the agent's start-up. Made by `scripts/trim-ec2-model`; tests/unit/test_ec2_model.py
 # checks it against the installed botocore and against the calls below.
-ACTIONS = ("AttachVolume", "CreateSnapshot", "CreateSnapshots", "CreateTags", "CreateVolume", "DeleteSnapshot",
+ACTIONS = ("AttachVolume", "CopySnapshot", "CreateSnapshot", "CreateSnapshots", "CreateTags", "CreateVolume", "DeleteSnapshot",
            "DeleteVolume", "DescribeImages", "DescribeInstances", "DescribeSnapshots", "DescribeVolumes",
            "DetachVolume", "ModifyInstanceAttribute")
 MODEL_DIR = Path(__file__).with_name("botocore_data")
@@ -267,6 +267,16 @@ class Ec2:
                     TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
                 )
             )
+
+    def copy_snapshot(self, source_region: str, source_snapshot_id: str, description: str, tags: Tags) -> str:
+        """Start a copy, into this client's region, of a completed snapshot of another region; the copy's id."""
+        with self._translate("CopySnapshot"):
+            return str(self._client.copy_snapshot(
+                SourceRegion=source_region,
+                SourceSnapshotId=source_snapshot_id,
+                Description=description,
+                TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
+            )["SnapshotId"])
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self._translate("DeleteSnapshot"):

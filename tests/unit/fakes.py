@@ -115,6 +115,7 @@ class FakeEc2:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     disks: dict[str, Disk] = field(default_factory=dict)  # by volume or snapshot id
     images: dict[str, str] = field(default_factory=dict)  # snapshot id -> AMI id
+    peers: dict[str, FakeEc2] = field(default_factory=dict)  # other regions' EC2, by region, for CopySnapshot
     # How many polls each transition takes (see the module's docstring), and how a new snapshot ends.
     create_polls: int = 0
     attach_polls: int = 0
@@ -444,6 +445,26 @@ class FakeEc2:
             volume = self._volume("CreateSnapshot", volume_id)
             self._check_pending("CreateSnapshot", volume)
             return self._snapshot_of(volume, description, dict(tags))
+
+    def copy_snapshot(self, source_region: str, source_snapshot_id: str, description: str, tags: dict[str, str]) -> str:
+        """CopySnapshot, called in the destination: the source must be completed; the copy starts pending, with
+        only the given tags, and EC2's placeholder volume id."""
+        with self._lock:
+            self._call("CopySnapshot")
+            source = self.peers.get(source_region)
+            snap = source.snapshots.get(source_snapshot_id) if source is not None else None
+            if source is None or snap is None:
+                raise AwsError("CopySnapshot", "InvalidSnapshot.NotFound",
+                               f"The snapshot '{source_snapshot_id}' does not exist.")
+            if snap["State"] != "completed":
+                raise AwsError("CopySnapshot", "IncorrectState", f"Snapshot '{source_snapshot_id}' is not 'completed'.")
+            sid = _id("snap")
+            made = {**_copy(snap), "SnapshotId": sid, "VolumeId": "vol-ffffffff", "State": "pending", "Progress": "",
+                    "StartTime": _now(), "Description": description, "Tags": tag_list(tags)}
+            self.snapshots[sid] = made
+            self.disks[sid] = source.disks[source_snapshot_id].copy()
+            self._start(sid, self.snapshot_polls, lambda: made.update(State="completed", Progress="100%"))
+            return sid
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self._lock:
