@@ -152,10 +152,15 @@ class Ec2Emulator:
         sys_root: Path,
         device_style: str,
         account_id: str,
+        regional: Callable[[str], Any] | None = None,
     ) -> None:
         self.moto_app = moto_app
         self.account_id = account_id
-        self.backend = backend
+        self.backend = backend  # the lab's region's; while a request of another region is handled, that one's
+        self.home_backend = backend
+        # Another region's backend, made fresh the first time a request names it (copies of snapshots go there).
+        self._regional = regional
+        self.backends: dict[str, Any] = {}
         self.faults = faults
         self.volumes_dir = workdir / "volumes"
         self.snapshots_dir = workdir / "snapshots"
@@ -319,11 +324,22 @@ class Ec2Emulator:
         start_response(status, [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
 
+    def _region_backend(self, environ: dict[str, Any]) -> Any:
+        """The backend of the region the request was signed for (moto's server picks the same one)."""
+        m = re.search(r"Credential=[^/]+/\d+/([a-z0-9-]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        region = m.group(1) if m else ""
+        if not region or self._regional is None or region == self.home_backend.region_name:
+            return self.home_backend
+        if region not in self.backends:
+            self.backends[region] = self._regional(region)
+        return self.backends[region]
+
     def _handle(self, environ: dict[str, Any], action: str, params: dict[str, str]) -> Answer:
         with self.lock:
             if self.stopped.is_set():
                 return error_answer(503, "Unavailable", "The service is unavailable.")
             handler = getattr(self, f"_do_{action}", None)
+            self.backend = self._region_backend(environ)
             try:
                 self.refresh()
                 if handler is not None:
@@ -335,6 +351,8 @@ class Ec2Emulator:
                 # A lab failure (losetup, cp, mknod) must reach the test as an answer, with the cause on stderr.
                 traceback.print_exc()
                 return error_answer(500, "InternalError", f"lab: {action} failed: {exc}")
+            finally:
+                self.backend = self.home_backend
 
     def _fault(self, action: str, client: socket.socket | None, params: dict[str, str]) -> Answer | None:
         faults = self.faults
@@ -547,6 +565,31 @@ class Ec2Emulator:
         snapshot_id = _first(rb"<snapshotId>(snap-[0-9a-f]+)</snapshotId>", answer[2])
         self._snapshot_taken(self.backend.snapshots[snapshot_id])
         return self._with_start_times(answer)
+
+    def _do_CopySnapshot(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
+        """Called in the destination region: the source, in SourceRegion, must exist and be completed; the copy
+        gets the source's data, the TagSpecifications, and a start time of its own (AWS's documented behaviour)."""
+        source_id = params.get("SourceSnapshotId", "")
+        source_region = params.get("SourceRegion", "")
+        source_backend = self.home_backend if source_region == self.home_backend.region_name else self.backends.get(source_region)
+        source = source_backend.snapshots.get(source_id) if source_backend is not None else None
+        if source is None:
+            return error_answer(400, "InvalidSnapshot.NotFound", f"The snapshot '{source_id}' does not exist.")
+        if source.status != "completed":
+            return error_answer(400, "IncorrectState", f"Snapshot '{source_id}' is not 'completed'.")
+        answer = self.forward(environ, params)
+        if not answer[0].startswith("200"):
+            return answer
+        copy_id = _first(rb"<snapshotId>(snap-[0-9a-f]+)</snapshotId>", answer[2])
+        copy = self.backend.snapshots[copy_id]
+        wanted = _tag_specifications(params, "snapshot")
+        if wanted:
+            self.backend.create_tags([copy_id], wanted)
+        if self.snapshot_file(source_id).exists():
+            devices.copy_sparse(self.snapshot_file(source_id), self.snapshot_file(copy_id))
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        copy.start_time = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return answer
 
     def _do_CreateSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
         instance_id = params.get("InstanceSpecification.InstanceId", "")

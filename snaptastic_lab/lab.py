@@ -161,6 +161,7 @@ class Lab:
             self.sys_root,
             self.device_style,
             self.account_id,
+            regional=lambda region: _fresh_backend(self.account_id, region),
         )
         self._emulator.start_clock()
         from snaptastic_lab.autoscaling import AutoScalingEmulator, Router
@@ -359,14 +360,20 @@ class Lab:
                "SNAPTASTIC_RUN_DIR": str(base / "run")}
         return Neighbour(instance_id, env)
 
-    def new_instance(self, userdata: Userdata | object = SAME_USERDATA) -> str:
+    def new_instance(self, userdata: Userdata | object = SAME_USERDATA, region: str | None = None) -> str:
         """Launch a replacement instance in the same zone and make it the one IMDS and the dev root belong to.
 
         Without `userdata` it gets the current instance's userdata, as a replacement launched from the same
         template would. The previous instance's devices leave the dev root (lazily unmounted if still mounted);
         its volumes stay attached to it in the API until it is terminated or they are detached.
+        With `region`, the instance is launched in that region's zone `a` instead (its own moto backend, as
+        EC2's regions are apart): the metadata service and `lab.ec2` say that region from then on.
         """
         data = self.imds.identity.userdata if userdata is SAME_USERDATA else userdata_bytes(userdata)  # type: ignore[arg-type]
+        if region is not None and region != self.region:
+            self.region, self.availability_zone = region, region + "a"
+            self._internal = self._client(internal=True)
+            self._ec2 = self._client()
         self.imds.identity = self._launch(data)
         return self.instance_id
 

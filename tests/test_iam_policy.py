@@ -157,7 +157,8 @@ def test_tags_only_at_creation_or_the_detached_mark():
             continue
         condition = statement["Condition"]
         if "StringEquals" in condition:
-            assert set(condition["StringEquals"]["ec2:CreateAction"]) <= {"CreateVolume", "CreateSnapshot", "CreateSnapshots"}
+            assert set(condition["StringEquals"]["ec2:CreateAction"]) <= {"CreateVolume", "CreateSnapshot", "CreateSnapshots",
+                                                                          "CopySnapshot"}
         else:
             assert condition["ForAllValues:StringEquals"] in ({"aws:TagKeys": [DETACHED]}, {"aws:TagKeys": [INSTANCE_ID]}), statement["Sid"]
             assert condition["Null"] == {"ec2:ResourceTag/mount_point": "false", "aws:TagKeys": "false"}

@@ -156,7 +156,7 @@ def test_periodic_snapshots_then_cleans_and_tolerates_the_lock(wrapper):
     defaults = 'SNAPTASTIC_PERIODIC="solr"\nSNAPTASTIC_CLEAN="solr"\n'
     rc, calls, err = wrapper("periodic", defaults)
     assert rc == 0, err
-    assert calls == ["make-snapshots solr", "clean snapshots solr --force"]
+    assert calls == ["make-snapshots solr", "copy-snapshots solr", "clean snapshots solr --force"]
     rc, calls, err = wrapper("periodic", defaults, rc=4)
     assert rc == 0 and "holds the lock" in err
 
