@@ -111,6 +111,15 @@ def test_json_config_full_volume(tmp_path: Path) -> None:
     assert (spec.retention.days, spec.retention.keep) == (14, 5)
 
 
+def test_destination_regions_from_json_and_from_a_settings_class(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"snapshotters": {"db": {"volumes": [solr_volume()],
+                                                          "destination_regions": ["us-west-2", "eu-central-1"]}}})
+    spec = settings_mod.resolve(load(path).snapshotter("db", USERDATA, META))
+    assert spec.destination_regions == ("us-west-2", "eu-central-1")
+    plain = write_config(tmp_path, {"snapshotters": {"db": {"volumes": [solr_volume()]}}})
+    assert settings_mod.resolve(load(plain).snapshotter("db", USERDATA, META)).destination_regions == ()
+
+
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     from snaptastic_boot.commands.context import Inputs, load_settings
     from snaptastic_boot.tunables import Tunables
@@ -149,6 +158,12 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
         ({"snapshotters": {"a": {"volumes": [solr_volume(), solr_volume(device="/dev/sdg")]}}}, "mount_point: duplicate"),
         ({"snapshotters": {"a": {"volumes": [solr_volume(), solr_volume(mount_point="/mnt/x", device="/dev/xvdf")]}}}, "device: duplicate"),
         ({"snapshotters": {"a": {"volumes": [solr_volume(kms_key_id="k")]}}}, "needs \"encrypted\": true"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume()], "destination_regions": ["us-west-2", "us-west-2"]}}},
+         "destination_regions"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume()], "destination_regions": ["US West"]}}},
+         "destination_regions[0]"),
+        ({"snapshotters": {"a": {"volumes": [solr_volume()], "destination_regions": "us-west-2"}}},
+         "destination_regions: must be of type array"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, data: object, message: str) -> None:
