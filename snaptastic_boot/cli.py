@@ -339,6 +339,8 @@ def _write_metrics(observation: Any, code: int, seconds: float) -> None:
         textfile.write_atomic(path, metrics.render(observation.samples))
     except OSError as exc:
         log.warning("could not write metrics to %s: %s", path, exc.strerror or exc)
+    except Exception as exc:  # the run is over: a fault in its metrics must not become its outcome
+        log.warning("could not write metrics to %s: %r", path, exc)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,11 @@ class Observation:
     @property
     def samples(self) -> list[tuple[str, Labels, float]]:
         run = {"command": self.command, "snapshotter": self.snapshotter}
-        return [(name, {**run, **labels}, value) for name, labels, value in self.added]
+        # A sample about another snapshotter than the run's (check-backups of all) keeps the run's as `scope`:
+        # `check-backups` and `check-backups solr` write different files, and node_exporter refuses a series
+        # that two files both hold.
+        return [(name, {**run, **labels, **({"scope": self.snapshotter} if "snapshotter" in labels else {})}, value)
+                for name, labels, value in self.added]
 
     def add(self, name: str, value: float, **labels: str) -> None:
         if name not in METRICS:

@@ -150,7 +150,8 @@ def test_every_command_line_the_wrapper_runs_parses(wrapper: Wrapper, args: str)
         rc, calls, err = wrapper(action, defaults, state=state)
         assert rc == 0, err
         lines += calls
-    assert [line.split()[0] for line in lines] == ["mount-snapshots", "make-snapshots", "make-snapshots", "clean"]
+    assert [line.split()[0] for line in lines] == ["mount-snapshots", "make-snapshots", "make-snapshots", "copy-snapshots",
+                                                   "clean"]
     for line in lines:
         parsed = build_parser().parse_args(line.split())
         assert parsed.name == "solr", line

@@ -78,3 +78,14 @@ def test_the_file_is_replaced_whole_and_readable_by_the_collector(tmp_path: Path
     assert path.read_text() == "second\n" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert os.listdir(tmp_path) == [path.name]  # no temporary file left
     assert textfile.read(tmp_path / "missing.prom") == ""
+
+
+def test_a_check_of_all_and_a_check_of_one_never_write_the_same_series() -> None:
+    """node_exporter refuses a series that two files hold: the run's scope tells them apart."""
+    seen = []
+    for scope in ("all", "solr"):
+        obs = metrics.Observation("check-backups", scope)
+        obs.add("snaptastic_backup_ok", 1, snapshotter="solr", mount_point="/mnt/a")
+        obs.finish(0, 1000.0, 0.1, last_success=None)
+        seen += [(name, frozenset(labels.items())) for name, labels, _ in obs.samples]
+    assert len(seen) == len(set(seen))
