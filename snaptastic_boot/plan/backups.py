@@ -98,15 +98,8 @@ def evaluate(volumes: Sequence[dict[str, Any]], snapshots: Sequence[dict[str, An
         else:
             own = [s for s in all_sets if mp in s.members and s.members[mp].get("State") == sets.COMPLETED]
             snap, set_id, problem = (own[0].members[mp] if own else None), None, None
-        age = (now - point_in_time(snap)).total_seconds() if snap else None
+        age = (now - sets.point_in_time(snap)).total_seconds() if snap else None
         out.append(Freshness(mp, snap["SnapshotId"] if snap else None, age, max_age.total_seconds(), snapshotter,
                              set_id, problem))
     return out
 
-
-def point_in_time(snapshot: dict[str, Any]) -> dt.datetime:
-    """When a snapshot's data was taken: its start time, or for a copy in another region (which starts when the
-    copy does) the `created` time of the snapshot it copies."""
-    have = tags.tags_of(snapshot)
-    created = times.parse(have.get(tags.CREATED, "")) if tags.SOURCE_SNAPSHOT_ID in have else None
-    return created or times.start_time(snapshot)

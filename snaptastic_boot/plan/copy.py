@@ -2,10 +2,12 @@
 
 A disaster-recovery copy is useful only as a whole set: every member of a complete set is copied, with all of
 its tags (so that `mount-snapshots` in the destination finds and groups the copies exactly as it does local
-snapshots) plus the id and region of its source. The newest complete set comes first, then older unexpired
-complete sets not copied yet, newest first. EBS runs at most 20 concurrent copies into a region: pending copies
-count against that, and what does not fit waits for the next run. Copies are never copied again, so two regions
-that name each other do not send snapshots back and forth.
+snapshots) plus the id and region of its source. Copied are the newest complete set and every complete set
+newer than the newest one the destination already holds whole (never the older backlog: the destination is
+for the latest point in time, and copies cost), oldest first, so that copies under way finish in the order the
+sets were taken. EBS runs at most 20 concurrent copies into a region: pending copies count against that, and
+what does not fit waits for the next run. Copies are never copied again, so two regions that name each other do
+not send snapshots back and forth; a destination that is the source's own region is skipped.
 """
 
 from __future__ import annotations
@@ -68,16 +70,23 @@ def plan_copies(spec: SnapshotterSpec, source_region: str, snapshots: Sequence[d
     mount_points = [v.mount_point for v in spec.volumes]
     all_sets = sets.group(ours, mount_points)
     must_cover = sets.covered(all_sets) or mount_points
-    complete = [s for s in all_sets if sets.is_complete(s, must_cover) and not _expired(s, now)]
+    complete = [s for s in all_sets if sets.is_complete(s, must_cover) and not _expired(s, now)]  # newest first
     steps: list[CopyStep] = []
     waiting: dict[str, int] = {}
     pending: dict[str, int] = {}
     for region in spec.destination_regions:
+        if region == source_region:
+            continue  # the same config on an instance in the destination: nothing to copy to itself
         theirs = [s for s in destinations.get(region, ()) if tags.belongs(s, spec.filter_tags) and is_copy(s)]
         copied = {tags.tags_of(s)[tags.SOURCE_SNAPSHOT_ID] for s in theirs if s.get("State") != sets.ERROR}
+        done = {tags.tags_of(s)[tags.SOURCE_SNAPSHOT_ID] for s in theirs if s.get("State") == sets.COMPLETED}
         pending[region] = sum(1 for s in theirs if s.get("State") == sets.PENDING)
         room = max(0, CONCURRENT_COPY_LIMIT - pending[region])
-        wanted = [(snapshot_set, mp, snap) for snapshot_set in complete
+        held = next((i for i, s in enumerate(complete) if all(m["SnapshotId"] in done for m in s.members.values())),
+                    None)
+        # Nothing held whole yet: the newest set; else every set newer than the newest held, oldest first.
+        chosen = complete[:1] if held is None else list(reversed(complete[:held]))
+        wanted = [(snapshot_set, mp, snap) for snapshot_set in chosen
                   for mp, snap in sorted(snapshot_set.members.items()) if snap["SnapshotId"] not in copied]
         for snapshot_set, mp, snap in wanted[:room]:
             copy_tags = {**tags.tags_of(snap), tags.SOURCE_SNAPSHOT_ID: snap["SnapshotId"],

@@ -61,7 +61,7 @@ def group(snapshots: Sequence[dict[str, Any]], mount_points: Iterable[str]) -> l
         set_id = have.get(tags.SNAPSHOT_SET)
         key = (set_id, True) if set_id else (snap["SnapshotId"], False)
         by_set.setdefault(key, {})[mp] = snap  # the newest of a mount point within one set
-    out = [SnapshotSet(set_id, tagged, members, min(times.start_time(s) for s in members.values()))
+    out = [SnapshotSet(set_id, tagged, members, min(point_in_time(s) for s in members.values()))
            for (set_id, tagged), members in by_set.items()]
     return sorted(out, key=lambda s: (s.time, s.set_id), reverse=True)
 
@@ -109,3 +109,11 @@ def choose(snapshots: Sequence[dict[str, Any]], mount_points: Iterable[str], bef
             chosen = s
             break
     return SetChoice(chosen, waiting, tuple(skipped), tuple(must_cover))
+
+
+def point_in_time(snapshot: dict[str, Any]) -> dt.datetime:
+    """When a snapshot's data was taken: its start time, or for a copy in another region (which starts when the
+    copy does, in whatever order copies were made) the `created` time of the snapshot it copies."""
+    have = tags.tags_of(snapshot)
+    created = times.parse(have.get(tags.CREATED, "")) if tags.SOURCE_SNAPSHOT_ID in have else None
+    return created or times.start_time(snapshot)

@@ -35,24 +35,29 @@ def copy_of(source: dict[str, Any], state: str = "completed") -> dict[str, Any]:
             "Tags": [{"Key": k, "Value": v} for k, v in t.items()]}
 
 
-def test_every_member_of_the_complete_sets_newest_first_with_all_tags_and_the_source() -> None:
+def test_the_newest_complete_set_whole_with_all_tags_and_the_source_not_the_backlog() -> None:
     newest, older = a_set(2, 1), a_set(1, 5)
     plan = copy.plan_copies(SPEC, "us-east-1", [*older, *newest, *a_set(3, 0.1, state="pending")],
                             {"us-west-2": []}, now=NOW)
-    assert [s.source_snapshot_id for s in plan.steps] == ["snap-2a", "snap-2b", "snap-1a", "snap-1b"]
+    assert [s.source_snapshot_id for s in plan.steps] == ["snap-2a", "snap-2b"]
     first = plan.steps[0]
     assert first.region == "us-west-2" and first.snapshot_set == "set-2"
     assert first.tags == {**tags.tags_of(newest[0]), "source_snapshot_id": "snap-2a", "source_region": "us-east-1"}
 
 
-def test_copied_members_are_not_copied_again_and_pending_copies_count_against_the_limit() -> None:
-    sets = [s for n in range(15) for s in a_set(n, 20 - n)]  # 30 members, none copied
-    done = [copy_of(s) for s in sets[-4:]] + [copy_of(s, state="pending") for s in sets[-10:-4]]
-    plan = copy.plan_copies(SPEC, "us-east-1", sets, {"us-west-2": done}, now=NOW)
+def test_sets_newer_than_the_newest_held_oldest_first_within_the_copy_limit() -> None:
+    sets = [s for n in range(15) for s in a_set(n, 20 - n)]  # set 14 is the newest
+    held = [copy_of(s) for s in sets[:2]]  # set 0, copied whole
+    under_way = [copy_of(s, state="pending") for s in sets[2:8]]  # sets 1 to 3
+    plan = copy.plan_copies(SPEC, "us-east-1", sets, {"us-west-2": held + under_way}, now=NOW)
     assert plan.pending == {"us-west-2": 6}
     assert len(plan.steps) == copy.CONCURRENT_COPY_LIMIT - 6  # 20 at once, 6 already under way
-    assert plan.waiting == {"us-west-2": 30 - 10 - 14}
-    assert not {s.source_snapshot_id for s in plan.steps} & {c["SnapshotId"].removeprefix("snap-copy-") for c in done}
+    assert [s.snapshot_set for s in plan.steps][:2] == ["set-4", "set-4"]  # oldest first, after those under way
+    assert plan.waiting == {"us-west-2": 28 - 6 - 14}
+    assert not {s.source_snapshot_id for s in plan.steps} & {c["SnapshotId"].removeprefix("snap-copy-")
+                                                             for c in held + under_way}
+    newest_held = copy.plan_copies(SPEC, "us-east-1", sets, {"us-west-2": [copy_of(s) for s in sets[-2:]]}, now=NOW)
+    assert newest_held.steps == ()  # the destination holds the latest point in time: nothing older is copied
 
 
 def test_incomplete_expired_foreign_and_copied_sets_are_not_copied() -> None:
@@ -72,5 +77,18 @@ def test_each_destination_gets_its_own_copies_and_nothing_without_destinations()
     plan = copy.plan_copies(two, "us-east-1", source, {"us-west-2": [copy_of(source[0])], "eu-west-1": []}, now=NOW)
     assert [(s.region, s.source_snapshot_id) for s in plan.steps] == [
         ("us-west-2", "snap-1b"), ("eu-west-1", "snap-1a"), ("eu-west-1", "snap-1b")]
+    at_home = dataclasses.replace(SPEC, destination_regions=("us-east-1",))  # the same config, in the destination
+    assert copy.plan_copies(at_home, "us-east-1", source, {"us-east-1": source}, now=NOW).steps == ()
     none = dataclasses.replace(SPEC, destination_regions=())
     assert copy.plan_copies(none, "us-east-1", source, {}, now=NOW).steps == ()
+
+
+def test_copies_are_ordered_by_their_sources_point_in_time_not_by_when_they_were_copied() -> None:
+    from snaptastic_boot.plan import sets
+
+    older = [copy_of(s) for s in a_set(1, 5, created="2026-11-27T07:00:00Z")]
+    newer = [copy_of(s) for s in a_set(2, 1, created="2026-11-27T11:00:00Z")]
+    for c in older:
+        c["StartTime"] = NOW + dt.timedelta(minutes=5)  # the older set's copies were made last
+    chosen = sets.choose([*older, *newer], ["/mnt/a", "/mnt/b"])
+    assert {tags.tags_of(s)["snapshot_set"] for s in chosen.chosen.members.values()} == {"set-2"}
