@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from snaptastic_boot.system.paths import Paths
 
@@ -45,7 +45,8 @@ class Tunables:
         env = os.environ if environ is None else environ
         config = env.get("SNAPTASTIC_CONFIG") or ""
         return cls(
-            paths=Paths.from_env(env),
+            # A virtual machine's NVMe controller cannot claim Amazon's model string; a test names its own here.
+            paths=replace(Paths.from_env(env), extra_nvme_models=nvme_models(env.get("SNAPTASTIC_NVME_MODELS"))),
             config_path=config or DEFAULT_CONFIG,
             config_explicit=bool(config),
             imds_endpoint=env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT,
@@ -66,6 +67,11 @@ class Tunables:
             metrics_dir=env.get("SNAPTASTIC_METRICS_DIR", DEFAULT_METRICS_DIR) or None,
             credentials_attempts=int(_seconds(env.get("AWS_METADATA_SERVICE_NUM_ATTEMPTS")) or DEFAULT_CREDENTIALS_ATTEMPTS),
         )
+
+
+def nvme_models(raw: str | None) -> tuple[str, ...]:
+    """`A,B` -> ("A", "B"): model strings hold spaces, so they are separated by commas."""
+    return tuple(m.strip() for m in (raw or "").split(",") if m.strip())
 
 
 def _seconds(raw: str | None) -> float | None:

@@ -49,7 +49,7 @@ class BlockDevices:
             except OSError:
                 continue
             volume_id = nvme_serial_volume_id(serial)
-            if model == EBS_MODEL and volume_id:
+            if volume_id and (model == EBS_MODEL or model in self.paths.extra_nvme_models):
                 out[volume_id] = self.paths.dev_root / entry.name
         return out
 

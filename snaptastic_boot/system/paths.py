@@ -13,6 +13,8 @@ class Paths:
     sys_root: Path
     fstab: Path
     run_dir: Path
+    # NVMe model strings accepted as EBS besides Amazon's own (SNAPTASTIC_NVME_MODELS, read in tunables.py).
+    extra_nvme_models: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Paths:
