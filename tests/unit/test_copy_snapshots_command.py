@@ -130,3 +130,21 @@ def test_destination_regions_in_a_settings_file_in_either_spelling(tmp_path: Pat
     Lower.destination_regions = ["us-west-2", "us-west-2"]
     with pytest.raises(ValidationFailed, match=r"Lower\.destination_regions"):
         settings_mod._validate_settings_values("Lower", Lower(TAGS).spec())
+
+
+def test_clean_applies_retention_in_each_destination_once(agent: Agent, regions: Regions) -> None:  # noqa: F811
+    agent.configure(destination_regions=[AWAY, HOME])  # one config for both regions: its own is cleaned once
+    expired = {**TAGS, "expires": "2020-01-01T00:00:00Z"}
+    for i in range(3):
+        for mp in MOUNTS:
+            agent.ec2.add_snapshot(mp, {**expired, "snapshot_set": f"s{i}"}, minutes_ago=100 - i)
+    assert agent("copy-snapshots", "solr")[0] == 0 and not regions[AWAY].snapshots  # expired sets: never copied
+    for sid, snap in list(agent.ec2.snapshots.items()):  # copies made while they were still current
+        regions[AWAY].snapshots["copy-" + sid] = {**snap, "SnapshotId": "copy-" + sid, "Tags": [
+            *snap["Tags"], *tag_list({"source_snapshot_id": sid, "source_region": HOME})]}
+    code, out, _ = agent("clean", "snapshots", "solr", "--keep", "1", "--force")
+    assert out.count(f"delete in {AWAY}:") == 4, out
+    assert code == 0 and agent.ec2.calls["DeleteSnapshot"] == 4 and regions[AWAY].calls["DeleteSnapshot"] == 4
+    newest = {"s2"}
+    for ec2 in (agent.ec2, regions[AWAY]):
+        assert {t["Value"] for s in ec2.snapshots.values() for t in s["Tags"] if t["Key"] == "snapshot_set"} == newest
