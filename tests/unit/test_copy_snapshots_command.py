@@ -148,3 +148,18 @@ def test_clean_applies_retention_in_each_destination_once(agent: Agent, regions:
     newest = {"s2"}
     for ec2 in (agent.ec2, regions[AWAY]):
         assert {t["Value"] for s in ec2.snapshots.values() for t in s["Tags"] if t["Key"] == "snapshot_set"} == newest
+
+
+def test_check_backups_region_checks_that_region_and_a_bad_name_is_bad_input(agent: Agent,  # noqa: F811
+                                                                             regions: Regions) -> None:
+    agent.configure(destination_regions=[AWAY])
+    agent("mount-snapshots", "solr")
+    a_complete_set(agent)
+    assert agent("check-backups", "solr", "--age", "1h")[0] == 0
+    code, out, _ = agent("check-backups", "solr", "--age", "1h", "--region", AWAY)
+    assert code == 1 and "CRITICAL" in out  # nothing copied there yet
+    assert agent("copy-snapshots", "solr")[0] == 0
+    assert agent("check-backups", "solr", "--age", "1h", "--region", AWAY)[0] == 0
+    asked = len(regions.asked)
+    code, _, err = agent("check-backups", "solr", "--region", "US West")
+    assert code == 2 and "'US West' is not an AWS region name" in err and len(regions.asked) == asked
