@@ -21,10 +21,6 @@ def run(name: str, inputs: Inputs, *, dry_run: bool = False, as_json: bool = Fal
         adapters: Adapters | None = None) -> int:
     ctx = build(inputs, tunables, adapters)
     _, spec = ctx.snapshotter(name)
-    if not spec.destination_regions:
-        # The periodic unit runs this for every snapshotter: without destinations it makes no call at all.
-        log.info("snapshotter '%s' has no destination_regions; nothing to copy", name)
-        return 0
     home = ctx.metadata.region
     clients: dict[str, Ec2Api] = {}
 
@@ -33,11 +29,17 @@ def run(name: str, inputs: Inputs, *, dry_run: bool = False, as_json: bool = Fal
             clients[region] = ctx.ec2(region)
         return clients[region]
 
-    filters = tags.snapshot_filters(spec)
-    away = [r for r in spec.destination_regions if r != home]
-    plan = copy.plan_copies(spec, home, ec2_in(home).describe_snapshots(filters),
-                            {region: ec2_in(region).describe_snapshots(filters) for region in away},
-                            under_way={region: len(ec2_in(region).describe_snapshots(PENDING_COPIES)) for region in away})
+    away = [r for r in spec.destination_regions if r != home]  # one config serves the destination too
+    if not away:
+        # The periodic unit runs this for every snapshotter: without destinations it makes no call at all.
+        log.info("snapshotter '%s' has no destination_regions other than %s; nothing to copy", name, home)
+        plan = copy.CopyPlan(spec.name, home, ())
+    else:
+        filters = tags.snapshot_filters(spec)
+        plan = copy.plan_copies(spec, home, ec2_in(home).describe_snapshots(filters),
+                                {region: ec2_in(region).describe_snapshots(filters) for region in away},
+                                under_way={region: len(ec2_in(region).describe_snapshots(PENDING_COPIES))
+                                           for region in away})
     if dry_run:
         return show_plan(plan, as_json)
     report = apply_copies(plan, ec2_in)

@@ -61,6 +61,10 @@ def test_without_destination_regions_no_ec2_call_at_all(agent: Agent, regions: R
     agent.ec2.calls.clear()
     code, _, _ = agent("copy-snapshots", "solr")
     assert code == 0 and regions.asked == [] and sum(agent.ec2.calls.values()) == 0
+    agent.configure(destination_regions=[HOME])  # the same config on an instance in its destination
+    code, out, _ = agent("copy-snapshots", "solr", "--json")
+    assert code == 0 and json.loads(out) == {"snapshotter": "solr", "copies": {}, "waiting": {}}
+    assert regions.asked == [] and sum(agent.ec2.calls.values()) == 0
 
 
 def test_copies_are_made_once_with_every_tag_and_a_dry_run_copies_nothing(agent: Agent,  # noqa: F811
