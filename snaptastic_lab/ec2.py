@@ -601,6 +601,11 @@ class Ec2Emulator:
             devices.copy_sparse(self.snapshot_file(source_id), self.snapshot_file(copy_id))
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         copy.start_time = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        seconds = self.faults.snapshot_pending_seconds  # a copy is a new snapshot: pending as long as one
+        if seconds > 0:
+            copy.__class__ = _LabSnapshot
+            copy.lab_started_at = time.monotonic()
+            copy.lab_done_at = copy.lab_started_at + seconds
         return answer
 
     def _do_CreateSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:

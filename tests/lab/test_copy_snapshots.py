@@ -124,3 +124,16 @@ def test_the_destination_instance_attaches_late_and_its_termination_leaves_the_s
     assert {v["VolumeId"] for v in home.describe_volumes(VolumeIds=home_volumes)["Volumes"]} == set(home_volumes)
     for volume_id in home_volumes:  # their data stays where it is
         assert (lab.workdir / "volumes" / f"{volume_id}.img").exists()
+
+
+def test_copies_under_way_are_not_made_again(lab: Any) -> None:
+    sources = snapshotted_home(lab)
+    lab.faults.snapshot_pending_seconds = 4.0  # the copies stay pending a while, as EBS's do
+    ok(lab.run("copy-snapshots", "solr"))
+    away = in_region(lab, AWAY)
+    assert {s["State"] for s in snapshots(away)} == {"pending"}
+    again = json.loads(ok(lab.run("copy-snapshots", "solr", "--dry-run", "--json")).stdout)
+    assert again["steps"] == [] and again["pending"] == {AWAY: len(sources)}
+    ok(lab.run("copy-snapshots", "solr"))
+    assert lab.call_counts()["CopySnapshot"] == len(sources) and len(snapshots(away)) == len(sources)
+    until_completed(away, [s["SnapshotId"] for s in snapshots(away)])
