@@ -134,11 +134,23 @@ def _add_check_backups(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--role", help="same as --tag role=ROLE")
     p.add_argument("--cluster", help="same as --tag cluster=CLUSTER")
     p.add_argument("--environment", help="same as --tag environment=ENVIRONMENT")
-    p.add_argument("--region", help="check this region's snapshots (a destination of copy-snapshots) instead of "
+    p.add_argument("--region", type=_region, help="check this region's snapshots (a destination of copy-snapshots) instead of "
                                     "the instance's own")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
     p.set_defaults(func=_cmd_check_backups)
+
+
+def _region(text: str) -> str:
+    """A region name as the config's destination_regions takes it (the schema holds the pattern)."""
+    import re
+
+    from snaptastic_boot.config.validation import load_schema
+
+    snapshotter = load_schema("config.schema.json")["definitions"]["snapshotter"]
+    if not re.fullmatch(snapshotter["properties"]["destination_regions"]["items"]["pattern"], text):
+        raise argparse.ArgumentTypeError(messages.bad_region(text))
+    return text
 
 
 def _interval(text: str) -> float:

@@ -318,6 +318,10 @@ def imds_poll_failed(path: str, why: str) -> str:
     return f"metadata service did not answer {path}: {why}"
 
 
+def bad_region(text: str) -> str:
+    return f"{text!r} is not an AWS region name; give one like us-west-2"
+
+
 def bad_interval(value: str) -> str:
     return f"{value!r} is not a number of seconds from 0.1 to 60 (the default 5 leaves time in a two-minute notice)"
 

@@ -94,7 +94,9 @@ class Snapshotter:
     # True: at boot, first reattach the volumes a replaced instance left in this zone (needs
     # delete_on_termination=False on every volume).
     REUSE_VOLUMES: ClassVar[bool] = model.DEFAULT_REUSE_VOLUMES
-    # Regions that get a copy of every complete snapshot set, for disaster recovery (copy-snapshots).
+    # Regions that get a copy of every complete snapshot set, for disaster recovery (copy-snapshots); the
+    # capitalised spelling of the other settings is taken too (the lower-case one wins when both are set).
+    destination_regions: ClassVar[Sequence[str]] = model.DEFAULT_DESTINATION_REGIONS
     DESTINATION_REGIONS: ClassVar[Sequence[str]] = model.DEFAULT_DESTINATION_REGIONS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -178,8 +180,13 @@ class Snapshotter:
             description_format=self.SNAPSHOT_DESCRIPTION_FORMAT,
             consistent_restore=self.CONSISTENT_RESTORE,
             reuse_volumes=self.REUSE_VOLUMES,
-            destination_regions=tuple(str(r) for r in self.DESTINATION_REGIONS),
+            destination_regions=self._destination_regions(),
         )
+
+    def _destination_regions(self) -> tuple[str, ...]:
+        regions = self.destination_regions or self.DESTINATION_REGIONS
+        # A single name written without a list would otherwise become one region per letter.
+        return (regions,) if isinstance(regions, str) else tuple(regions)
 
 
 class ConfiguredSnapshotter(Snapshotter):
@@ -211,5 +218,5 @@ class ConfiguredSnapshotter(Snapshotter):
             pending_snapshot_wait=self.entry.get("pending_snapshot_wait", self.PENDING_SNAPSHOT_WAIT),
             consistent_restore=self.entry.get("consistent_restore", self.CONSISTENT_RESTORE),
             reuse_volumes=self.entry.get("reuse_volumes", self.REUSE_VOLUMES),
-            destination_regions=tuple(self.entry.get("destination_regions", self.DESTINATION_REGIONS)),
+            destination_regions=tuple(self.entry.get("destination_regions", self._destination_regions())),
         )

@@ -234,7 +234,7 @@ class Ec2Emulator:
             return
         image = self.volume_file(volume_id)
         if not image.exists():
-            devices.make_sparse(image, self.backend.get_volume(volume_id).size)
+            devices.make_sparse(image, self._backend_of(volume_id).get_volume(volume_id).size)
         entry = self.table(instance_id).attach(volume_id, image, device)
         self.loops_created.add(entry.loop)
 
@@ -245,7 +245,7 @@ class Ec2Emulator:
             for volume_id, (due, device, appears) in list(self._pending_attach.items()):
                 if now < due:
                     continue
-                volume = self.backend.volumes.get(volume_id)
+                volume = self._backend_of(volume_id).volumes.get(volume_id)
                 if volume is None or volume.attachment is None:
                     del self._pending_attach[volume_id]
                     continue
@@ -266,9 +266,10 @@ class Ec2Emulator:
                 if now < due or (table is not None and table.is_mounted(volume_id)):
                     continue
                 del self._pending_detach[volume_id]
-                volume = self.backend.volumes.get(volume_id)
+                backend = self._backend_of(volume_id)
+                volume = backend.volumes.get(volume_id)
                 if volume is not None and volume.attachment is not None:
-                    self.backend.detach_volume(volume_id, instance_id, volume.attachment.device)
+                    backend.detach_volume(volume_id, instance_id, volume.attachment.device)
                 if table is not None:
                     table.detach(volume_id)
 
@@ -333,6 +334,17 @@ class Ec2Emulator:
         if region not in self.backends:
             self.backends[region] = self._regional(region)
         return self.backends[region]
+
+    def _backend_of(self, volume_id: str) -> Any:
+        """The backend holding a volume: the clock finishes attachments outside any request, and an instance in
+        another region must not see its volumes taken for gone (ids are unique across regions)."""
+        for backend in (self.backend, self.home_backend, *self.backends.values()):
+            if volume_id in backend.volumes:
+                return backend
+        return self.backend
+
+    def _has_volume(self, volume_id: str) -> bool:
+        return volume_id in self._backend_of(volume_id).volumes
 
     def _handle(self, environ: dict[str, Any], action: str, params: dict[str, str]) -> Answer:
         with self.lock:
@@ -589,6 +601,11 @@ class Ec2Emulator:
             devices.copy_sparse(self.snapshot_file(source_id), self.snapshot_file(copy_id))
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         copy.start_time = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        seconds = self.faults.snapshot_pending_seconds  # a copy is a new snapshot: pending as long as one
+        if seconds > 0:
+            copy.__class__ = _LabSnapshot
+            copy.lab_started_at = time.monotonic()
+            copy.lab_done_at = copy.lab_started_at + seconds
         return answer
 
     def _do_CreateSnapshots(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
@@ -721,12 +738,12 @@ class Ec2Emulator:
         for instance_id in _indexed(params, "InstanceId"):
             self.teardown_instance(instance_id)
             for volume_id, (_due, _device, _appears) in list(self._pending_attach.items()):
-                if volume_id not in self.backend.volumes:
+                if not self._has_volume(volume_id):
                     del self._pending_attach[volume_id]
         # Volumes with DeleteOnTermination went with the instance; so do their files.
         if self.volumes_dir.exists():
             for image in self.volumes_dir.glob("vol-*.img"):
-                if image.stem not in self.backend.volumes:
+                if not self._has_volume(image.stem):
                     image.unlink(missing_ok=True)
         return answer
 

@@ -169,3 +169,14 @@ def test_every_statement_is_explained_in_the_docs():
     text = DOC.read_text()
     for statement in _statements():
         assert f"`{statement['Sid']}`" in text, f"the README does not explain {statement['Sid']}"
+
+
+def test_copies_only_of_tagged_snapshots_and_only_tagged_copies():
+    """CopySnapshot names two resources: the copy being made (no id yet: `snapshot/${*}`, IAM's literal `*`)
+    and its source (`snapshot/snap-*`). A request-tag grant on every snapshot would let any source through."""
+    copy = [s for s in _statements() if "ec2:CopySnapshot" in _as_list(s["Action"])]
+    by_resource = {r: s["Condition"] for s in copy for r in _as_list(s["Resource"])}
+    assert set(by_resource) == {"arn:aws:ec2:*::snapshot/${*}", "arn:aws:ec2:*::snapshot/snap-*"}
+    assert by_resource["arn:aws:ec2:*::snapshot/${*}"] == {
+        "Null": {"aws:RequestTag/mount_point": "false", "aws:RequestTag/source_snapshot_id": "false"}}
+    assert by_resource["arn:aws:ec2:*::snapshot/snap-*"] == {"Null": {"ec2:ResourceTag/mount_point": "false"}}

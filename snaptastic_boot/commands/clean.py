@@ -31,6 +31,8 @@ def run(component: str, name: str | None, inputs: Inputs, *, keep: int | None = 
             plan += _expired(ec2, spec, keep)
             # Retention applies to the disaster-recovery copies too, by the same rules, in each destination.
             for region in spec.destination_regions:
+                if region == ctx.metadata.region:
+                    continue  # an instance in the destination: its own region is cleaned above, once
                 elsewhere.setdefault(region, []).extend(_expired(ctx.ec2(region), spec, keep))
         else:
             available = [*tags.volume_filters(spec), {"Name": "status", "Values": ["available"]}]

@@ -156,7 +156,7 @@ def resolve(snapshotter: Snapshotter) -> SnapshotterSpec:
 # The settings-file names of the values the JSON config calls otherwise, for messages that name what the user wrote.
 _SETTINGS_NAMES = {"retention.days": "SNAPSHOT_EXPIRY_DAYS", "retention.keep": "KEEP_SNAPSHOTS",
                    "pending_snapshot_wait": "PENDING_SNAPSHOT_WAIT", "consistent_restore": "CONSISTENT_RESTORE",
-                   "reuse_volumes": "REUSE_VOLUMES", "destination_regions": "DESTINATION_REGIONS"}
+                   "reuse_volumes": "REUSE_VOLUMES", "destination_regions": "destination_regions"}
 
 
 def _validate_settings_values(class_name: str, spec: SnapshotterSpec) -> None:

@@ -62,9 +62,11 @@ def is_copy(snapshot: Mapping[str, Any]) -> bool:
 
 
 def plan_copies(spec: SnapshotterSpec, source_region: str, snapshots: Sequence[dict[str, Any]],
-                destinations: Mapping[str, Sequence[dict[str, Any]]], now: dt.datetime | None = None) -> CopyPlan:
+                destinations: Mapping[str, Sequence[dict[str, Any]]], now: dt.datetime | None = None,
+                under_way: Mapping[str, int] | None = None) -> CopyPlan:
     """`snapshots`: this region's, as DescribeSnapshots returned them; `destinations`: region -> that region's
-    snapshots with this snapshotter's tags (its copies among them)."""
+    snapshots with this snapshotter's tags (its copies among them); `under_way`: region -> copies pending there
+    for any snapshotter (the limit is the region's, not one snapshotter's)."""
     now = now or times.now()
     ours = [s for s in snapshots if tags.belongs(s, spec.filter_tags) and not is_copy(s)]
     mount_points = [v.mount_point for v in spec.volumes]
@@ -80,7 +82,8 @@ def plan_copies(spec: SnapshotterSpec, source_region: str, snapshots: Sequence[d
         theirs = [s for s in destinations.get(region, ()) if tags.belongs(s, spec.filter_tags) and is_copy(s)]
         copied = {tags.tags_of(s)[tags.SOURCE_SNAPSHOT_ID] for s in theirs if s.get("State") != sets.ERROR}
         done = {tags.tags_of(s)[tags.SOURCE_SNAPSHOT_ID] for s in theirs if s.get("State") == sets.COMPLETED}
-        pending[region] = sum(1 for s in theirs if s.get("State") == sets.PENDING)
+        own_pending = sum(1 for s in theirs if s.get("State") == sets.PENDING)
+        pending[region] = max(own_pending, (under_way or {}).get(region, 0))
         room = max(0, CONCURRENT_COPY_LIMIT - pending[region])
         held = next((i for i, s in enumerate(complete) if all(m["SnapshotId"] in done for m in s.members.values())),
                     None)

@@ -101,3 +101,39 @@ def test_retention_and_check_backups_in_the_destination(lab: Any) -> None:
     assert len(snapshots(away)) == 2
     elsewhere = lab.run("check-backups", "solr", "--region", "eu-west-1", "--age", "1h")
     assert elsewhere.returncode == 1 and "CRITICAL" in elsewhere.stdout  # a region without copies holds no backup
+
+
+def test_the_destination_instance_attaches_late_and_its_termination_leaves_the_source_region_alone(lab: Any) -> None:
+    """Attachments finishing on the lab's clock, and the files of terminated volumes, are the region's own."""
+    snapshotted_home(lab)
+    ok(lab.run("copy-snapshots", "solr"))
+    away = in_region(lab, AWAY)
+    until_completed(away, [s["SnapshotId"] for s in snapshots(away)])
+    ok(lab.run("unmount-snapshots", "solr", "--yes"))
+    home_volumes = [v["VolumeId"] for v in lab.ec2.describe_volumes()["Volumes"] if tags.MOUNT_POINT in tags.tags_of(v)]
+    assert len(home_volumes) == 2
+    lab.new_instance(region=AWAY)
+    lab.faults.attach_stuck = 1.0  # each attachment completes a second later, when no call is being answered
+    ok(lab.run("mount-snapshots", "solr"))
+    lab.faults.attach_stuck = 0
+    for i in range(2):
+        assert (lab.mount_root / f"data{i}" / "kept").read_text() == f"volume {i}"
+    ok(lab.run("unmount-snapshots", "solr", "--yes"))
+    lab.terminate_instance()
+    home = in_region(lab, HOME)
+    assert {v["VolumeId"] for v in home.describe_volumes(VolumeIds=home_volumes)["Volumes"]} == set(home_volumes)
+    for volume_id in home_volumes:  # their data stays where it is
+        assert (lab.workdir / "volumes" / f"{volume_id}.img").exists()
+
+
+def test_copies_under_way_are_not_made_again(lab: Any) -> None:
+    sources = snapshotted_home(lab)
+    lab.faults.snapshot_pending_seconds = 4.0  # the copies stay pending a while, as EBS's do
+    ok(lab.run("copy-snapshots", "solr"))
+    away = in_region(lab, AWAY)
+    assert {s["State"] for s in snapshots(away)} == {"pending"}
+    again = json.loads(ok(lab.run("copy-snapshots", "solr", "--dry-run", "--json")).stdout)
+    assert again["steps"] == [] and again["pending"] == {AWAY: len(sources)}
+    ok(lab.run("copy-snapshots", "solr"))
+    assert lab.call_counts()["CopySnapshot"] == len(sources) and len(snapshots(away)) == len(sources)
+    until_completed(away, [s["SnapshotId"] for s in snapshots(away)])

@@ -92,3 +92,11 @@ def test_copies_are_ordered_by_their_sources_point_in_time_not_by_when_they_were
         c["StartTime"] = NOW + dt.timedelta(minutes=5)  # the older set's copies were made last
     chosen = sets.choose([*older, *newer], ["/mnt/a", "/mnt/b"])
     assert {tags.tags_of(s)["snapshot_set"] for s in chosen.chosen.members.values()} == {"set-2"}
+
+
+def test_copies_under_way_for_other_snapshotters_leave_less_room() -> None:
+    sets = [s for n in range(12) for s in a_set(n, 20 - n)]  # 24 members; nothing copied yet: the newest set
+    plan = copy.plan_copies(SPEC, "us-east-1", sets, {"us-west-2": []}, now=NOW, under_way={"us-west-2": 19})
+    assert len(plan.steps) == 1 and plan.waiting == {"us-west-2": 1} and plan.pending == {"us-west-2": 19}
+    full = copy.plan_copies(SPEC, "us-east-1", sets, {"us-west-2": []}, now=NOW, under_way={"us-west-2": 25})
+    assert full.steps == () and full.waiting == {"us-west-2": 2}
