@@ -29,7 +29,7 @@ def test_no_shell_anywhere() -> None:
 def test_only_the_adapters_import_subprocess_and_boto3() -> None:
     allowed = {"subprocess": {"system/runner.py"}, "boto3": {"system/ec2.py"},
                "botocore": {"system/ec2.py", "system/autoscaling.py"},
-               "requests": {"system/imds.py"}}
+               "requests": set(), "http": {"system/http.py"}}
     for name, tree in _modules().items():
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (

@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from snaptastic_boot import messages
 from snaptastic_boot.errors import MetadataUnavailable
+from snaptastic_boot.system import http
 
 log = logging.getLogger("snaptastic.imds")
 
@@ -67,7 +66,7 @@ class ImdsClient:
         *,
         budget: float | None = None,
         sleeps: Sequence[float] = BACKOFF_SLEEPS,
-        session: requests.Session | None = None,
+        session: http.Session | None = None,
         token_ttl: int = TOKEN_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -76,7 +75,7 @@ class ImdsClient:
         self.sleeps = tuple(sleeps)
         # Where the read timeouts start: a service that was slow for one path is slow for the next.
         self._level = 0
-        self.session = session or requests.Session()
+        self.session = session or http.Session()
         self._token: str | None = None
         self.token_ttl = token_ttl
         self._clock = clock
@@ -131,7 +130,7 @@ class ImdsClient:
         for attempt in (1, 2):
             try:
                 resp = self.session.get(url, headers=self._auth_headers(timeout), timeout=(CONNECT_TIMEOUT, timeout))
-            except requests.RequestException as exc:
+            except http.HttpError as exc:
                 raise MetadataUnavailable(messages.imds_poll_failed(path, _describe(exc))) from exc
             if resp.status_code == 401 and self.version == "v2" and attempt == 1:
                 self._token = None
@@ -175,7 +174,7 @@ class ImdsClient:
                     return resp.content
                 else:
                     error = f"HTTP {resp.status_code}"
-            except requests.RequestException as exc:
+            except http.HttpError as exc:
                 error = _describe(exc)
             if error not in seen:
                 seen.append(error)
@@ -216,14 +215,14 @@ class ImdsClient:
             raise MetadataUnavailable(messages.IMDS_TOKEN_REFUSED)
         if resp.status_code != 200:
             # 5xx and the like: let the caller's retry loop handle it.
-            raise requests.RequestException(f"HTTP {resp.status_code} for a token")
+            raise http.HttpError(f"HTTP {resp.status_code} for a token")
         return resp.text.strip()
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: http.HttpError) -> str:
     """What went wrong, in words an operator greps for: the HTTP status where there was one."""
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, http.Timeout):
         return "no answer in time"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, http.ConnectError):
         return "connection refused or unreachable"
     return str(exc) or type(exc).__name__
