@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.machine import exclusive
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (1, 2)
 SNAPSHOTS, MATCHING = 200, 5
-
-
-# The benchmark's make-snapshots runs change the machine's RCU setting, as tests/lab/test_expedited_freeze.py
-# checks it does: never both at once.
-pytestmark = pytest.mark.xdist_group("rcu_expedited")
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +28,24 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     path = out / "bench.json"
     markdown = out / "PERFORMANCE.md"
-    done = subprocess.run(
+    # Its make-snapshots runs change the machine's RCU setting, which tests/lab/test_expedited_freeze.py checks.
+    with exclusive("rcu-expedited"):
+        done = _run_bench(out, path, markdown)
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    data = json.loads(path.read_text())
+    data["_stdout"] = done.stdout
+    data["_markdown"] = markdown.read_text()
+    return data
+
+
+def _run_bench(out: Path, path: Path, markdown: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "bench", "--sizes", ",".join(map(str, SIZES)), "--snapshots", str(SNAPSHOTS),
          "--matching", str(MATCHING), "--repetitions", "1", "--latency-ms", "5", "--workdir", str(out / "labs"),
          "--fleet", "3,1,1",
          "--json", str(path), "--markdown", str(markdown)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    data = json.loads(path.read_text())
-    data["_stdout"] = done.stdout
-    data["_markdown"] = markdown.read_text()
-    return data
 
 
 def test_parameters_and_machine_are_recorded(result: dict) -> None:

@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-# Installing and purging the package on this machine takes dpkg's lock: one worker runs these, in turn.
-pytestmark = pytest.mark.xdist_group("packaging")
-
 ROOT = Path(__file__).resolve().parent.parent
 DEB = ROOT / "packaging" / "deb"
 DEBIAN = DEB / "debian"

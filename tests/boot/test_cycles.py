@@ -26,10 +26,6 @@ from snaptastic_lab import Lab
 from tests.boot.image import Image
 from tests.boot.machine import Instance, Journal
 
-# The cycles build on one another, and the image's cache lock is held for a worker's whole session: one
-# worker runs them all, in order.
-pytestmark = pytest.mark.xdist_group("boot")
-
 MOUNT_POINT = "/mnt/solr"
 MOUNT_UNIT = "mnt-solr.mount"
 CONFIG = {"snapshotters": {"solr": {"volumes": [{"device": "/dev/sdf", "mount_point": MOUNT_POINT, "size": 1}]}}}

@@ -1,8 +1,8 @@
 """Expedited RCU grace periods while frozen, and normal ones again afterwards, also when the agent is killed
 during the freeze (its guard turns them back); none with SNAPTASTIC_EXPEDITE_FREEZE=0.
 
-The setting is the machine's: the lab's agents leave it alone (the lab sets SNAPTASTIC_EXPEDITE_FREEZE=0) and
-the only other runs that change it, the benchmark's, are in the same xdist group, so never at the same time."""
+The setting is the machine's: the lab's agents leave it alone (the lab sets SNAPTASTIC_EXPEDITE_FREEZE=0), and
+the only other runs that change it, the benchmark's, take the same machine-wide lock."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from tests.lab.agent import configure, ok, volumes, wait_for_call
 from tests.lab.test_snapshots import write_probe
+from tests.machine import exclusive
 
 SETTING = Path("/sys/kernel/rcu_expedited")
 
@@ -32,8 +33,12 @@ def until_normal(seconds: float) -> bool:
     return True
 
 
-@pytest.mark.xdist_group("rcu_expedited")
 def test_expedited_only_while_frozen_even_when_killed(lab: Any) -> None:
+    with exclusive("rcu-expedited"):
+        expedited_only_while_frozen(lab)
+
+
+def expedited_only_while_frozen(lab: Any) -> None:
     try:
         if setting() != "0":
             pytest.skip("expedited RCU grace periods are already on here")
