@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from typing import Any
@@ -26,6 +27,9 @@ def first_life(lab: Any, n: int = 2) -> dict[str, str]:
         (lab.mount_root / f"data{i}" / "v").write_text("written after the last snapshot")
     left = {str(lab.mount_root / f"data{i}"): v["VolumeId"] for i in range(n)
             for v in our_volumes(lab, str(lab.mount_root / f"data{i}"))}
+    # The instance shuts down cleanly: its file systems are written out, then unmounted (an unmount alone
+    # leaves the data in memory while another mount namespace, a test starting a container, holds a copy).
+    os.sync()
     for i in range(n):
         subprocess.run(["umount", str(lab.mount_root / f"data{i}")], check=True)
     return left
