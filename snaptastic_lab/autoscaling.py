@@ -12,7 +12,6 @@ fault knob `fail_actions` applies here too.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -20,9 +19,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
+from snaptastic_lab.ec2 import call_moto
 from snaptastic_lab.faults import Faults
 
 XMLNS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
@@ -129,26 +129,7 @@ class AutoScalingEmulator:
         return "200 OK", [("Content-Type", "text/xml")], body.encode()
 
     def _forward(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
-        body = urlencode(params).encode()
-        inner = dict(environ)
-        inner["wsgi.input"] = io.BytesIO(body)
-        inner["CONTENT_LENGTH"] = str(len(body))
-        inner["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
-        captured: dict[str, Any] = {}
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            captured["status"], captured["headers"] = status, headers
-            return lambda _chunk: None
-
-        chunks = self.moto_app(inner, capture)
-        try:
-            payload = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-        return captured["status"], headers, payload
+        return call_moto(self.moto_app, environ, params, self.account_id)
 
 
 class Router:

@@ -97,6 +97,32 @@ class _LabSnapshot(Snapshot):
         return f"{min(99, int(done * 100))}%"
 
 
+
+def call_moto(moto_app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], environ: dict[str, Any],
+              params: dict[str, str], account_id: str) -> Answer:
+    """The request, with these form parameters, answered by moto's WSGI app in the lab's account (each lab
+    has its own account in moto, so labs running side by side do not see each other)."""
+    body = urlencode(params).encode()
+    inner = dict(environ)
+    inner["wsgi.input"] = io.BytesIO(body)
+    inner["CONTENT_LENGTH"] = str(len(body))
+    inner["HTTP_X_MOTO_ACCOUNT_ID"] = account_id
+    captured: dict[str, Any] = {}
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        captured["status"], captured["headers"] = status, headers
+        return lambda _chunk: None
+
+    chunks = moto_app(inner, capture)
+    try:
+        payload = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+    return captured["status"], headers, payload
+
 def error_answer(status: int, code: str, message: str) -> Answer:
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -404,28 +430,7 @@ class Ec2Emulator:
         return True
 
     def forward(self, environ: dict[str, Any], params: dict[str, str]) -> Answer:
-        body = urlencode(params).encode()
-        inner = dict(environ)
-        inner["wsgi.input"] = io.BytesIO(body)
-        inner["CONTENT_LENGTH"] = str(len(body))
-        # Each lab has its own account in moto, so labs running side by side do not see each other.
-        inner["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
-        captured: dict[str, Any] = {}
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            captured["status"] = status
-            captured["headers"] = headers
-            return lambda _chunk: None
-
-        chunks = self.moto_app(inner, capture)
-        try:
-            payload = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-        return captured["status"], headers, payload
+        return call_moto(self.moto_app, environ, params, self.account_id)
 
     # Actions
 
