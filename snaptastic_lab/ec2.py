@@ -201,6 +201,8 @@ class Ec2Emulator:
         self.current_instance: str | None = None
         self.root_volumes: dict[str, str] = {}
         self.tables: dict[str, devices.DeviceTable] = {}
+        # Instances that are virtual machines: their volumes are hot-plugged into the VM (qemu.HotplugTable).
+        self.machines: dict[str, Any] = {}
         # Instances running beside the current one (a cluster booting at once), each with its own dev and sys roots.
         self.neighbours: dict[str, tuple[Path, Path]] = {}
         self.loops_created: set[str] = set()
@@ -224,6 +226,8 @@ class Ec2Emulator:
     # Devices of the instances
 
     def table(self, instance_id: str) -> devices.DeviceTable:
+        if instance_id not in self.tables and instance_id in self.machines:
+            self.tables[instance_id] = self.machines[instance_id]
         if instance_id not in self.tables:
             dev_root, sys_root = self.neighbours.get(instance_id, (self.dev_root, self.sys_root))
             self.tables[instance_id] = devices.DeviceTable(dev_root, sys_root, self.device_style)
@@ -262,7 +266,8 @@ class Ec2Emulator:
         if not image.exists():
             devices.make_sparse(image, self._backend_of(volume_id).get_volume(volume_id).size)
         entry = self.table(instance_id).attach(volume_id, image, device)
-        self.loops_created.add(entry.loop)
+        if entry.loop:
+            self.loops_created.add(entry.loop)
 
     def refresh(self) -> None:
         """Let time pass: finish attachments and busy detaches that are due."""

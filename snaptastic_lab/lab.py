@@ -377,6 +377,13 @@ class Lab:
         self.imds.identity = self._launch(data)
         return self.instance_id
 
+    def run_as_machine(self, table: Any) -> None:
+        """The current instance is a virtual machine: its volumes attach through `table` (a qemu.HotplugTable)
+        instead of appearing under the dev root."""
+        with self._emulator.lock:
+            self._emulator.machines[self.instance_id] = table
+            self._emulator.tables.pop(self.instance_id, None)
+
     def terminate_instance(self) -> None:
         """Terminate the current instance: its devices go away and DeleteOnTermination volumes are deleted."""
         self._internal.terminate_instances(InstanceIds=[self.instance_id])
