@@ -21,6 +21,8 @@ from typing import Any
 from snaptastic_lab.faults import Faults
 
 MAX_TOKEN_TTL = 21600
+# Dated versions of the metadata API that EC2 serves beside `latest` (those cloud-init asks for among them).
+API_VERSIONS = ("1.0", "2007-01-19", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23")
 ROLE_NAME = "snaptastic-lab-role"
 
 
@@ -150,9 +152,15 @@ class MetadataService:
         }
 
     def lookup(self, path: str) -> tuple[int, bytes, str]:
-        """(status, body, content type) for a GET path."""
+        """(status, body, content type) for a GET path. Dated API versions (what cloud-init asks for) answer
+        as `latest` does; the root lists them."""
         ident = self.identity
         text = "text/plain"
+        if path == "/":
+            return 200, "\n".join([*API_VERSIONS, "latest"]).encode(), text
+        version, _, rest = path[1:].partition("/")
+        if version in API_VERSIONS:
+            path = "/latest/" + rest
         if path == "/latest/user-data":
             if ident.userdata is None:
                 return 404, b"Not Found", "text/html"
@@ -181,6 +189,9 @@ class MetadataService:
                     "placement/",
                 ]
             ),
+            "/latest/": "dynamic\nmeta-data\nuser-data",
+            "/latest/dynamic/": "instance-identity/",
+            "/latest/dynamic/instance-identity/": "document",
             "/latest/meta-data/placement/": "availability-zone\nregion",
             "/latest/meta-data/iam/": "info\nsecurity-credentials/",
             creds_dir: ROLE_NAME,
@@ -203,6 +214,8 @@ class MetadataService:
             values["/latest/meta-data/autoscaling/target-lifecycle-state"] = ident.lifecycle_state
         if path in values:
             return 200, values[path].encode(), text
+        if path + "/" in values:  # EC2 lists a directory whether or not the path ends with a slash
+            return 200, values[path + "/"].encode(), text
         return 404, b"Not Found", "text/html"
 
 
