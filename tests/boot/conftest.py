@@ -18,11 +18,13 @@ from typing import Any, Callable
 import pytest
 
 from snaptastic_lab.namespace import in_private_namespace
-from tests.boot.image import Cache, Image
+from tests.boot.image import Cache, Image, Images, VmImage
 from tests.boot.machine import Instance, nspawn_problem
+from tests.boot.machine_vm import vm_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 _timings: list[str] = []
+BOOT_TEST_TIMEOUT = 1500
 
 
 def _require_boot() -> None:
@@ -51,15 +53,30 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def image(deb: Path) -> Iterator[Image]:
+def images(deb: Path) -> Iterator[Images]:
     cache = Cache()
     try:
         layers = cache.prepare(deb)
         built = ", ".join(cache.built) or "nothing, all layers cached"
-        _timings.append(f"image ready in {cache.seconds:.1f}s (built: {built})")
+        _timings.append(f"images ready in {cache.seconds:.1f}s (built: {built})")
         yield layers
     finally:
         cache.close()
+
+
+@pytest.fixture(scope="session")
+def image(images: Images) -> Image:
+    return images.container
+
+
+@pytest.fixture(scope="session")
+def vm_image(images: Images) -> VmImage:
+    problem = vm_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to run the VM boot tests: {problem}")
+        pytest.skip(problem)
+    return images.vm
 
 
 @pytest.fixture
@@ -75,6 +92,15 @@ def instances(image: Image, tmp_path: Path) -> Iterator[Callable[..., Instance]]
     yield make
     for instance in reversed(made):
         instance.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A boot test may build the images first (two mmdebstrap runs on a fresh machine) and a VM boots under
+    emulation: more time than the suite's default per test."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BOOT_TEST_TIMEOUT))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

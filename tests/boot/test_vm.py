@@ -1,0 +1,218 @@
+"""The Debian package in a real virtual machine: a kernel, udev, NVMe hot-plug, systemd's fstab mounts, cloud-init.
+
+The story of test_cycles.py's cycles 1 to 4 (first boot, poweroff, a replacement instance restoring the
+snapshot, a reboot), each VM booting the cached VM disk with the built .deb and its units unchanged; only
+`Environment=` drop-ins point the agent at the lab's forwarded EC2 endpoint and accept qemu's NVMe model
+(see machine_vm.py). The instances are launched with the `cloudinit/ami` userdata: cloud-init's own Ec2
+datasource reads it from the metadata service and writes the configuration, and the units do the rest, as
+on an AMI with the package baked in. What a container cannot show is asserted here: the volume is a
+hot-plugged PCIe device the kernel names and udev links by its serial, and at a reboot systemd mounts the
+fstab entry the agent wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snaptastic_lab import Lab
+from tests.boot.image import VmImage
+from tests.boot.machine_vm import VmInstance
+from tests.boot.test_cycles import (
+    MOUNT_POINT,
+    MOUNT_UNIT,
+    SNAPSHOT_LINE,
+    SOLR,
+    file_in_image,
+    no_traceback,
+    not_failed,
+    requests,
+    restored_before_multi_user,
+    started,
+    writes,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+AMI_USERDATA = ROOT / "cloudinit/ami/userdata.mime"
+
+
+def bake(instance: VmInstance) -> None:
+    """What the AMI build puts in place: the application with the drop-in the package documents; and the
+    lab's endpoints for the package's units. The configuration comes from the userdata, through cloud-init."""
+    instance.point_units_at_lab()
+    instance.write("/etc/systemd/system/solr.service", SOLR)
+    example = instance.read("/usr/share/doc/snaptastic-boot/examples/solr-snaptastic.conf")
+    instance.write("/etc/systemd/system/solr.service.d/snaptastic.conf", example)
+    wants = instance.root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "solr.service").symlink_to("/etc/systemd/system/solr.service")
+
+
+def cloud_init_wrote_the_config(instance: VmInstance, journal: Any, lab: Lab) -> None:
+    """cloud-init found EC2 (its Ec2 datasource, from the metadata service), wrote the files of the userdata,
+    and did so before snaptastic-mount.service started."""
+    data = json.loads(instance.read("/run/cloud-init/instance-data.json"))["v1"]
+    assert (data["cloud_name"], data["instance_id"]) == ("aws", lab.instance_id), data
+    assert '"solr"' in instance.read("/etc/snaptastic/snaptastic.json")
+    assert 'SNAPTASTIC_MOUNT="solr"' in instance.read("/etc/default/snaptastic")
+    assert 0 <= journal.job("cloud-init.service") < started(journal, "snaptastic-mount.service"), journal.text()
+
+
+class Story:
+    def __init__(self, image: VmImage, workdir: Path, lab: Lab) -> None:
+        self.image = image
+        self.workdir = workdir
+        self.lab = lab
+        self.instances: dict[str, VmInstance] = {}
+        self.passed: set[str] = set()
+        self.facts: dict[str, Any] = {}
+
+    def instance(self, name: str) -> VmInstance:
+        self.instances[name] = VmInstance(self.image, self.workdir / name, self.lab, f"snaptastic-vm-{name}-{os.getpid()}")
+        return self.instances[name]
+
+    def after(self, *cycles: str) -> None:
+        missing = [c for c in cycles if c not in self.passed]
+        if missing:
+            pytest.skip(f"needs {', '.join(missing)}, which did not pass")
+
+    def close(self) -> None:
+        for instance in self.instances.values():
+            instance.close()
+
+
+@pytest.fixture(scope="module")
+def story(vm_image: VmImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+    workdir = tmp_path_factory.mktemp("vm-story")
+    lab = Lab(workdir / "lab", userdata=AMI_USERDATA.read_bytes()).start()
+    story = Story(vm_image, workdir, lab)
+    try:
+        yield story
+    finally:
+        story.close()
+        lab.stop()
+
+
+def nvme_device(instance: VmInstance, volume_id: str) -> str:
+    """The kernel's name for the hot-plugged volume, found the way udev links it: by its NVMe serial."""
+    link = f"/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_{volume_id.replace('-', '')}"
+    return instance.exec("readlink", "-f", link, check=True).stdout.strip()
+
+
+def test_vm_1_first_boot_hot_plugs_formats_and_mounts_before_multi_user(story: Story) -> None:
+    lab = story.lab
+    a = story.instance("a")
+    bake(a)
+    state = a.boot()
+    journal = a.journal()
+    assert state == "running", (a.exec("systemctl", "--failed").stdout, journal.text()[-6000:])
+    mount = journal.lines("snaptastic-mount")
+    created = [m.group(1) for m in (re.match(r"snaptastic: INFO created (vol-\w+) for /mnt/solr \(empty\)", line) for line in mount) if m]
+    assert len(created) == 1, mount
+    volume = created[0]
+    # The device is the one the kernel made for the hot-plugged controller, linked by udev by its serial.
+    device = nvme_device(a, volume)
+    assert re.fullmatch(r"/dev/nvme\dn1", device), device
+    assert a.read(f"/sys/block/{device.removeprefix('/dev/')}/device/serial").strip() == volume.replace("-", "")
+    assert journal.find("snaptastic-mount", f"formatting {device}") >= 0, mount
+    cloud_init_wrote_the_config(a, journal, lab)
+    restored_before_multi_user(journal, "on /mnt/solr")
+    counts = lab.call_counts()
+    assert (counts["CreateVolume"], counts["AttachVolume"]) == (1, 1), counts
+    source, fs_uuid = a.exec("findmnt", "-n", "-o", "SOURCE,UUID", MOUNT_POINT, check=True).stdout.split()
+    assert source == device
+    fstab = a.read("/etc/fstab")
+    assert fstab.startswith("# /etc/fstab: static file system information.\n/dev/vda / ext4 defaults,discard 0 1\n"), fstab
+    assert f"# snaptastic-boot: managed entry for {MOUNT_POINT}\nUUID={fs_uuid} {MOUNT_POINT} ext4 defaults,nofail," in fstab, fstab
+    assert a.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout == f"boot {a.boot_ids[-1]} of {a.machine_id}\n"
+    no_traceback(journal)
+    story.facts["volume_a"] = volume
+    story.passed.add("cycle 1")
+
+
+def test_vm_2_poweroff_snapshots_while_mounted_and_before_the_network_stops(story: Story) -> None:
+    story.after("cycle 1")
+    lab, a = story.lab, story.instances["a"]
+    lab.reset_calls()
+    assert a.poweroff() == 0
+    journal = a.journal()
+    lines = journal.lines("snaptastic-snapshot")
+    found = [SNAPSHOT_LINE.search(line) for line in lines]
+    snap_id, volume = next((m.groups() for m in found if m), (None, None))
+    assert snap_id and volume == story.facts["volume_a"], lines
+    taken = journal.find("snaptastic-snapshot", f"snapshot {snap_id}")
+    stopped = journal.job("snaptastic-snapshot.service", "stop")
+    unmounted = journal.job(MOUNT_UNIT, "stop")
+    network = journal.job("network-online.target", "stop")
+    networkd = journal.job("systemd-networkd.service", "stop")
+    assert 0 <= taken < stopped < unmounted and stopped < network and stopped < networkd, (
+        taken, stopped, unmounted, network, networkd, journal.text())
+    assert writes(lab) == ["CreateSnapshots"]
+    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service")
+    no_traceback(journal)
+    # The line the application wrote at boot reached the volume's bytes through the guest's kernel and qemu.
+    content = file_in_image(lab.snapshot_file(snap_id), "/boot-log")
+    assert content == f"boot {a.boot_ids[-1]} of {a.machine_id}\n", content
+    story.facts["snapshot_a"] = snap_id
+    story.facts["boot_log_a"] = content
+    story.passed.add("cycle 2")
+
+
+def test_vm_3_new_instance_restores_the_snapshot_before_multi_user(story: Story) -> None:
+    story.after("cycle 2")
+    lab = story.lab
+    lab.terminate_instance()
+    lab.new_instance()
+    lab.reset_calls()
+    b = story.instance("b")
+    bake(b)
+    assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
+    journal = b.journal()
+    cloud_init_wrote_the_config(b, journal, lab)
+    restored_before_multi_user(journal, "on /mnt/solr")
+    assert [r.get("SnapshotId") for r in requests(lab, "CreateVolume")] == [story.facts["snapshot_a"]]
+    assert journal.find("snaptastic-mount", "formatting") < 0, "a restored volume must not be formatted"
+    log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout
+    assert log == story.facts["boot_log_a"] + f"boot {b.boot_ids[-1]} of {b.machine_id}\n", log
+    no_traceback(journal)
+    story.facts["volume_b"] = next(
+        m.group(1) for m in (re.search(r"created (vol-\w+)", line) for line in journal.lines("snaptastic-mount")) if m
+    )
+    story.passed.add("cycle 3")
+
+
+def test_vm_4_reboot_mounts_by_fstab_creates_nothing_and_snapshots_at_shutdown(story: Story) -> None:
+    story.after("cycle 3")
+    lab, b = story.lab, story.instances["b"]
+    lab.reset_calls()
+    assert b.reboot() == "running", b.exec("systemctl", "--failed").stdout
+    before = b.journal(-2)
+    assert any(SNAPSHOT_LINE.search(line) for line in before.lines("snaptastic-snapshot")), before.lines("snaptastic-snapshot")
+    not_failed(before, "snaptastic-snapshot.service")
+    assert writes(lab) == ["CreateSnapshots"]
+    # The volume stayed attached through the reset; systemd mounted it from the fstab entry the agent wrote,
+    # and the agent, racing it, found it mounted: nothing created, attached or formatted.
+    journal = b.journal()
+    volume = story.facts["volume_b"]
+    assert b.exec("systemctl", "show", "-P", "SourcePath", MOUNT_UNIT).stdout.strip() == "/etc/fstab"
+    assert journal.job(MOUNT_UNIT) >= 0, journal.text()
+    assert "CreateVolume" not in lab.call_counts() and "AttachVolume" not in lab.call_counts(), lab.call_counts()
+    assert journal.find("snaptastic-mount", "formatting") < 0
+    assert journal.find("snaptastic-mount", volume) >= 0, journal.lines("snaptastic-mount")
+    restored_before_multi_user(journal, "/mnt/solr")
+    assert nvme_device(b, volume) == b.exec("findmnt", "-n", "-o", "SOURCE", MOUNT_POINT, check=True).stdout.strip()
+    log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout.splitlines()
+    assert len(log) == 3 and log[-1] == f"boot {b.boot_ids[-1]} of {b.machine_id}", log
+    no_traceback(journal)
+    # And the shutdown after the reboot snapshots again.
+    lab.reset_calls()
+    assert b.poweroff() == 0
+    assert any(SNAPSHOT_LINE.search(line) for line in b.journal().lines("snaptastic-snapshot"))
+    assert writes(lab) == ["CreateSnapshots"]
+    story.passed.add("cycle 4")
