@@ -118,8 +118,10 @@ class GuestAgent:
 class VmInstance:
     """One instance (one machine id, one disk) and its boots, with the interface of machine.Instance."""
 
-    def __init__(self, image: VmImage, workdir: Path, lab: Any, name: str) -> None:
+    def __init__(self, image: VmImage, workdir: Path, lab: Any, name: str, forwards: dict[str, int] | None = None) -> None:
+        """`forwards`: more guest addresses ("169.254.0.101:80") forwarded to ports on the host's 127.0.0.1."""
         self.image = image
+        self.forwards = forwards or {}
         self.workdir = workdir
         self.lab = lab
         self.name = name
@@ -168,14 +170,14 @@ class VmInstance:
             return self.exec("cat", path, check=True).stdout
         return (self.root / path.lstrip("/")).read_text()
 
-    def point_units_at_lab(self) -> None:
-        """Environment= drop-ins for the package's units: the forwarded EC2 endpoint, and qemu's NVMe model.
-        The metadata service needs none: it is at its real address."""
+    def point_units_at_lab(self, units: tuple[str, ...] = UNITS) -> None:
+        """Environment= drop-ins for the package's units (or others that run the agent): the forwarded EC2
+        endpoint, and qemu's NVMe model. The metadata service needs none: it is at its real address."""
         endpoint = f"http://{EC2_ADDRESS}:{_port(self.lab.endpoint)}"
         env = {"AWS_ENDPOINT_URL_EC2": endpoint, "AWS_ENDPOINT_URL_AUTO_SCALING": endpoint,
                "SNAPTASTIC_NVME_MODELS": QEMU_NVME_MODEL}
         text = "[Service]\n" + "".join(f'Environment="{key}={value}"\n' for key, value in env.items())
-        for unit in UNITS:
+        for unit in units:
             self.write(f"/etc/systemd/system/{unit}.d/lab.conf", text)
 
     # Boots
@@ -191,6 +193,7 @@ class VmInstance:
             "user,id=net0,restrict=on,net=169.254.0.0/16,host=169.254.0.2",
             f"guestfwd=tcp:{IMDS_ADDRESS}:80-cmd:{forward.format(_port(self.lab.imds_endpoint))}",
             f"guestfwd=tcp:{EC2_ADDRESS}:{_port(self.lab.endpoint)}-cmd:{forward.format(_port(self.lab.endpoint))}",
+            *[f"guestfwd=tcp:{guest}-cmd:{forward.format(port)}" for guest, port in self.forwards.items()],
         ])
         product_uuid = "ec2" + str(uuid.UUID(self.machine_id))[3:]
         argv = [

@@ -12,10 +12,16 @@ fstab entry the agent wrote.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ from tests.boot.test_cycles import (
 
 ROOT = Path(__file__).resolve().parents[2]
 AMI_USERDATA = ROOT / "cloudinit/ami/userdata.mime"
+WHEEL_ADDRESS = "169.254.0.101"
 
 
 def bake(instance: VmInstance) -> None:
@@ -65,16 +72,17 @@ def cloud_init_wrote_the_config(instance: VmInstance, journal: Any, lab: Lab) ->
 
 
 class Story:
-    def __init__(self, image: VmImage, workdir: Path, lab: Lab) -> None:
+    def __init__(self, image: VmImage, deb: Path, workdir: Path, lab: Lab) -> None:
         self.image = image
+        self.deb = deb
         self.workdir = workdir
         self.lab = lab
         self.instances: dict[str, VmInstance] = {}
         self.passed: set[str] = set()
         self.facts: dict[str, Any] = {}
 
-    def instance(self, name: str) -> VmInstance:
-        self.instances[name] = VmInstance(self.image, self.workdir / name, self.lab, f"snaptastic-vm-{name}-{os.getpid()}")
+    def instance(self, name: str, **kw: Any) -> VmInstance:
+        self.instances[name] = VmInstance(self.image, self.workdir / name, self.lab, f"snaptastic-vm-{name}-{os.getpid()}", **kw)
         return self.instances[name]
 
     def after(self, *cycles: str) -> None:
@@ -88,10 +96,10 @@ class Story:
 
 
 @pytest.fixture(scope="module")
-def story(vm_image: VmImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+def story(vm_image: VmImage, deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     workdir = tmp_path_factory.mktemp("vm-story")
     lab = Lab(workdir / "lab", userdata=AMI_USERDATA.read_bytes()).start()
-    story = Story(vm_image, workdir, lab)
+    story = Story(vm_image, deb, workdir, lab)
     try:
         yield story
     finally:
@@ -172,6 +180,7 @@ def test_vm_3_new_instance_restores_the_snapshot_before_multi_user(story: Story)
     lab.reset_calls()
     b = story.instance("b")
     bake(b)
+    shutil.copy(story.deb, b.root / "var/tmp/snaptastic-boot.deb")  # for the upgrade of cycle 5
     assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
     journal = b.journal()
     cloud_init_wrote_the_config(b, journal, lab)
@@ -210,9 +219,105 @@ def test_vm_4_reboot_mounts_by_fstab_creates_nothing_and_snapshots_at_shutdown(s
     log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout.splitlines()
     assert len(log) == 3 and log[-1] == f"boot {b.boot_ids[-1]} of {b.machine_id}", log
     no_traceback(journal)
-    # And the shutdown after the reboot snapshots again.
+    story.passed.add("cycle 4")
+
+
+def test_vm_5_upgrade_restarts_take_no_snapshot_the_periodic_run_does(story: Story) -> None:
+    story.after("cycle 4")
+    lab, b = story.lab, story.instances["b"]
+    lab.reset_calls()
+    b.exec("systemctl", "restart", "snaptastic-snapshot.service", check=True)
+    b.exec("dpkg", "-i", "/var/tmp/snaptastic-boot.deb", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=600, check=True)
+    lines = b.journal().lines("snaptastic-snapshot")
+    skipped = "snaptastic-units: the system is not shutting down (state: running): no snapshot taken"
+    assert lines.count(skipped) == 2, lines
+    assert lab.call_counts().total() == 0, lab.call_counts()
+    b.exec("systemctl", "start", "snaptastic-periodic.service", check=True, timeout=600)
+    periodic = b.journal().lines("snaptastic-periodic")
+    assert any(SNAPSHOT_LINE.search(line) for line in periodic), periodic
+    assert writes(lab) == ["CreateSnapshots"]
+    # The shutdown after all that still snapshots.
     lab.reset_calls()
     assert b.poweroff() == 0
-    assert any(SNAPSHOT_LINE.search(line) for line in b.journal().lines("snaptastic-snapshot"))
+    journal = b.journal()
+    taken = [m.group(1) for m in (SNAPSHOT_LINE.search(line) for line in journal.lines("snaptastic-snapshot")) if m]
+    assert len(taken) == 1, journal.lines("snaptastic-snapshot")
     assert writes(lab) == ["CreateSnapshots"]
-    story.passed.add("cycle 4")
+    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service", "snaptastic-periodic.service")
+    no_traceback(journal)
+    story.facts["snapshot_b"] = taken[0]
+    story.passed.add("cycle 5")
+
+
+# The cloudinit/multipart example: a plain image with cloud-init, the agent installed from a wheel by runcmd.
+
+
+@pytest.fixture(scope="module")
+def wheel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, list[str]]]:
+    """The wheel built from this tree, served on 127.0.0.1 as the example's URL would serve it: (file name,
+    port, the paths fetched)."""
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = out.glob("snaptastic_boot-*-py3-none-any.whl")
+    fetched: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, directory=str(out), **kw)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            fetched.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield wheel.name, server.server_address[1], fetched
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def multipart_userdata(wheel_url: str) -> bytes:
+    """The example's userdata with the wheel's URL put in. The guest reaches no package index, so its
+    `packages:` (python3-venv, python3-boto3, python3-jsonschema) are in the image already and left out here:
+    cloud-init would otherwise fail the module on `apt-get update`."""
+    spec = importlib.util.spec_from_file_location("make_userdata", ROOT / "cloudinit/make_userdata.py")
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = (ROOT / "cloudinit/multipart/cloud-config.yaml").read_text()
+    example_url = re.search(r'"(https://\S+\.whl)"', config)
+    assert example_url, "the example installs from a wheel's URL"
+    config = config.replace(example_url.group(1), wheel_url)
+    config, removed = re.subn(r"\npackages:\n(  - \S+\n)+", "\n", config)
+    assert removed == 1
+    identity = (ROOT / "cloudinit/multipart/identity.json").read_text()
+    return tool.build([("cloud-config.yaml", "text/cloud-config", config), ("identity.json", "application/json", identity)])
+
+
+def test_vm_6_the_multipart_example_restores_the_newest_snapshot_from_runcmd(story: Story, wheel_server: Any) -> None:
+    story.after("cycle 5")
+    wheel, port, fetched = wheel_server
+    lab = story.lab
+    lab.terminate_instance()
+    lab.new_instance(userdata=multipart_userdata(f"http://{WHEEL_ADDRESS}/{wheel}"))
+    lab.reset_calls()
+    c = story.instance("c", forwards={f"{WHEEL_ADDRESS}:80": port})
+    # Only runcmd runs the agent here (the package's units are told nothing): point it at the lab's EC2.
+    c.point_units_at_lab(units=("cloud-final.service",))
+    assert c.boot() == "running", c.exec("systemctl", "--failed").stdout
+    journal = c.journal()
+    assert fetched == [f"/{wheel}"], fetched
+    assert c.exec("readlink", "/usr/local/bin/snaptastic").stdout.strip() == "/opt/snaptastic-boot/bin/snaptastic"
+    final = [e.message for e in journal if e.get("_SYSTEMD_UNIT") == "cloud-final.service"]
+    assert any(re.search(r"snaptastic: INFO .*on /mnt/solr", line) for line in final), final
+    assert [r.get("SnapshotId") for r in requests(lab, "CreateVolume")] == [story.facts["snapshot_b"]]
+    # The bytes of b's last snapshot: a's boot, and b's two boots.
+    log = c.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout.splitlines()
+    assert len(log) == 3 and log[0] == story.facts["boot_log_a"].strip(), log
+    fstab = c.read("/etc/fstab")
+    assert f"# snaptastic-boot: managed entry for {MOUNT_POINT}\n" in fstab, fstab
+    assert journal.lines("snaptastic-mount") == ["snaptastic-units: nothing to mount: SNAPTASTIC_MOUNT is empty in /etc/default/snaptastic"]
+    no_traceback(journal)
