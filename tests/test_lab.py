@@ -100,6 +100,18 @@ def test_imds_v2_token_flow(lab: Lab) -> None:
     assert {"instanceType", "imageId", "architecture", "privateIp", "pendingTime", "version"} <= set(document)
 
 
+def test_imds_dated_versions_and_directories_as_cloud_init_reads_them(lab: Lab) -> None:
+    """cloud-init's Ec2 datasource asks for a dated API version and lists directories without a slash."""
+    assert b"2021-03-23" in imds_get(lab, "/")[1].split(b"\n")
+    for version in ("latest", "2021-03-23", "2009-04-04"):
+        assert imds_get(lab, f"/{version}/meta-data/instance-id") == (200, lab.instance_id.encode())
+        assert imds_get(lab, f"/{version}/dynamic/instance-identity") == (200, b"document")
+    assert imds_get(lab, "/latest/meta-data") == imds_get(lab, "/latest/meta-data/")
+    assert b"placement/" in imds_get(lab, "/latest/meta-data")[1].split(b"\n")
+    assert imds_get(lab, "/2099-01-01/meta-data/instance-id")[0] == 404
+    assert imds_get(lab, "/latest/meta-data/instance-i")[0] == 404
+
+
 def test_imds_token_expires(lab: Lab) -> None:
     short = token(lab, "1")
     time.sleep(1.1)

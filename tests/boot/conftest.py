@@ -20,7 +20,7 @@ import pytest
 from snaptastic_lab.namespace import in_private_namespace
 from tests.boot.image import Cache, Image, Images, VmImage
 from tests.boot.machine import Instance, nspawn_problem
-from tests.boot.machine_vm import vm_problem
+from tests.boot.machine_vm import VmInstance, vm_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 _timings: list[str] = []
@@ -92,6 +92,27 @@ def instances(image: Image, tmp_path: Path) -> Iterator[Callable[..., Instance]]
     yield make
     for instance in reversed(made):
         instance.close()
+
+
+@pytest.fixture
+def vm_instances(vm_image: VmImage, tmp_path: Path) -> Iterator[Callable[..., VmInstance]]:
+    """As `instances`, but each instance is a qemu VM (machine_vm.py) with the units pointed at the lab."""
+    made: list[VmInstance] = []
+
+    def make(lab: Any, name: str) -> VmInstance:
+        instance = VmInstance(vm_image, tmp_path / name, lab, f"snaptastic-vm-{name}-{os.getpid()}")
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in reversed(made):
+        instance.close()
+
+
+@pytest.fixture(params=["container", "vm"])
+def machines(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """`instances` or `vm_instances`: a test taking this runs once in containers and once in VMs."""
+    return request.getfixturevalue("instances" if request.param == "container" else "vm_instances")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
