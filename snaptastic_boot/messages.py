@@ -299,6 +299,11 @@ def not_mounted(mount_point: str) -> str:
     return f"{mount_point} is not mounted; nothing to snapshot (run mount-snapshots first)"
 
 
+def released_by_watch(name: str) -> str:
+    return (f"nothing to snapshot for {name}: snaptastic watch snapshotted its volumes and released them for the "
+            "replacement instance after a termination notice at this boot")
+
+
 def root_filesystem(mount_point: str) -> str:
     return f"{mount_point} is the root filesystem; refusing to freeze it"
 

@@ -105,7 +105,7 @@ def frozen(
             previous[sig] = signal.signal(sig, on_signal)
     dog = threading.Thread(target=watchdog, name="thaw-watchdog", daemon=True)
     expedited = bool(mount_points) and expedite and kernel.expedite_grace_periods()
-    guard = _start_guard(mount_points, max_seconds, expedited)
+    guard = _start_guard(mount_points, max_seconds, expedited) if mount_points else None  # --no-freeze: nothing to guard
     try:
         dog.start()
         _freeze_all(mount_points, flush, freeze, window, thawer.lock)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from snaptastic_boot import tags
 from snaptastic_boot.apply.copy import apply_copies
 from snaptastic_boot.commands.context import Adapters, Inputs, build, print_json, show_plan
 from snaptastic_boot.plan import copy
+from snaptastic_boot.system import lock
 from snaptastic_boot.system.interfaces import Ec2Api
 from snaptastic_boot.tunables import Tunables
 
@@ -34,15 +36,20 @@ def run(name: str, inputs: Inputs, *, dry_run: bool = False, as_json: bool = Fal
         # The periodic unit runs this for every snapshotter: without destinations it makes no call at all.
         log.info("snapshotter '%s' has no destination_regions other than %s; nothing to copy", name, home)
         plan = copy.CopyPlan(spec.name, home, ())
-    else:
+        return show_plan(plan, as_json) if dry_run else _show(plan, apply_copies(plan, ec2_in), as_json)
+    with lock.exclusive(ctx.tunables.paths.copy_lock_file):
         filters = tags.snapshot_filters(spec)
         plan = copy.plan_copies(spec, home, ec2_in(home).describe_snapshots(filters),
                                 {region: ec2_in(region).describe_snapshots(filters) for region in away},
                                 under_way={region: len(ec2_in(region).describe_snapshots(PENDING_COPIES))
                                            for region in away})
-    if dry_run:
-        return show_plan(plan, as_json)
-    report = apply_copies(plan, ec2_in)
+        if dry_run:
+            return show_plan(plan, as_json)
+        report = apply_copies(plan, ec2_in)
+    return _show(plan, report, as_json)
+
+
+def _show(plan: copy.CopyPlan, report: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print_json(report)
         return 0

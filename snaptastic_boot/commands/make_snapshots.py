@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from snaptastic_boot import metrics
+from snaptastic_boot import messages, metrics
 from snaptastic_boot.apply.snapshot import SnapshotMaker, SnapshotReport, local_devices
 from snaptastic_boot.commands.context import Adapters, Inputs, Run, build, print_json, recover, show_plan, start, throttling
 from snaptastic_boot.plan import snapshot
-from snaptastic_boot.system import lock
+from snaptastic_boot.system import handled, lock
 from snaptastic_boot.tunables import Tunables
 
 log = logging.getLogger("snaptastic")
@@ -18,6 +18,9 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         as_json: bool = False, tunables: Tunables | None = None, adapters: Adapters | None = None) -> int:
     r = start(build(inputs, tunables, adapters), name)
     with lock.exclusive(r.paths.lock_file):
+        if released_by_watch(r):
+            log.info("%s", messages.released_by_watch(name))
+            return 0
         plan = plan_for(r, freeze=freeze)
         if dry_run:
             return show_plan(plan, as_json)
@@ -33,6 +36,15 @@ def run(name: str, inputs: Inputs, *, freeze: bool = True, wait: bool = False, d
         print(f"{mp}: {snap_id}")
     print(f"frozen for {report.freeze_ms:.0f} ms")
     return 0
+
+
+def released_by_watch(r: Run) -> bool:
+    """`snaptastic watch` released the volumes at this boot (its state lives in the run directory, emptied at
+    boot) and none of the snapshotter's mount points is mounted again: the shutdown's snapshot was taken."""
+    if not handled.load(r.paths.watch_state)[1]:
+        return False
+    mounted = {m.mount_point for m in r.devices.mounts()}
+    return not any(v.mount_point in mounted for v in r.spec.volumes)
 
 
 def plan_for(r: Run, *, freeze: bool = True) -> snapshot.SnapshotPlan:

@@ -63,11 +63,10 @@ def plan_snapshot_cleanup(spec: SnapshotterSpec, snapshots: Sequence[dict[str, A
     for snap in sorted(ours, key=lambda s: (tags.tags_of(s)[tags.MOUNT_POINT], times.start_time(s))):
         if snap["SnapshotId"] in protected or snap.get("State") not in (sets.COMPLETED, sets.ERROR):
             continue
-        raw = tags.tags_of(snap).get(tags.EXPIRES)
-        expires = times.parse(raw) if raw else None
+        raw, expires = sets.expiry(snap)
         if raw and expires is None:
             log.warning("%s: expires tag %r not understood; keeping it", snap["SnapshotId"], raw)
-        if expires is not None and expires < now:
+        if sets.is_expired(snap, now):
             what = "failed, " if snap.get("State") == sets.ERROR else ""
             out.append(Deletion("snapshot", snap["SnapshotId"], tags.tags_of(snap)[tags.MOUNT_POINT], f"{what}expired {raw}"))
     return out

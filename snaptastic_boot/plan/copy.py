@@ -101,9 +101,4 @@ def plan_copies(spec: SnapshotterSpec, source_region: str, snapshots: Sequence[d
 
 def _expired(snapshot_set: sets.SnapshotSet, now: dt.datetime) -> bool:
     """A set past its expiry is about to be deleted: copying it would only make work for retention."""
-    for snap in snapshot_set.members.values():
-        raw = tags.tags_of(snap).get(tags.EXPIRES)
-        expires = times.parse(raw) if raw else None
-        if expires is not None and expires < now:
-            return True
-    return False
+    return any(sets.is_expired(snap, now) for snap in snapshot_set.members.values())

@@ -117,3 +117,15 @@ def point_in_time(snapshot: dict[str, Any]) -> dt.datetime:
     have = tags.tags_of(snapshot)
     created = times.parse(have.get(tags.CREATED, "")) if tags.SOURCE_SNAPSHOT_ID in have else None
     return created or times.start_time(snapshot)
+
+
+def expiry(snapshot: dict[str, Any]) -> tuple[str, dt.datetime | None]:
+    """A snapshot's `expires` tag as written ("" when there is none) and the time it names (None when there is
+    none or it is not understood: such a snapshot never expires)."""
+    raw = tags.tags_of(snapshot).get(tags.EXPIRES, "")
+    return raw, times.parse(raw) if raw else None
+
+
+def is_expired(snapshot: dict[str, Any], now: dt.datetime) -> bool:
+    expires = expiry(snapshot)[1]
+    return expires is not None and expires < now

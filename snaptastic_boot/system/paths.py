@@ -30,6 +30,12 @@ class Paths:
         return self.run_dir / "snaptastic.lock"
 
     @property
+    def copy_lock_file(self) -> Path:
+        """copy-snapshots' own lock: two runs would start the same copies twice (CopySnapshot takes no client
+        token), yet a copy must never keep a snapshot or a restore waiting."""
+        return self.run_dir / "copy.lock"
+
+    @property
     def watch_state(self) -> Path:
         """The notices `snaptastic watch` handled on this boot (the run directory is emptied at boot)."""
         return self.run_dir / "watch-notices.json"

@@ -23,7 +23,7 @@ from snaptastic_boot.config import settings as settings_mod
 from snaptastic_boot.errors import CredentialsMissing, MetadataUnavailable, Stopped
 from snaptastic_boot.model import SnapshotterSpec, VolumeSpec
 from snaptastic_boot.plan import restore
-from snaptastic_boot.system import lock
+from snaptastic_boot.system import handled, lock
 from snaptastic_boot.system.stopping import GracefulStop
 from tests.unit.fakes import INSTANCE_ID, ZONE, FakeDevices, FakeEc2, FakeImds
 
@@ -555,6 +555,21 @@ def test_exit_1_when_an_operation_fails(agent: Agent, monkeypatch: pytest.Monkey
     code, _, err = agent(*argv)
     assert code == 1, err
     assert not agent.devices.frozen
+
+
+def test_make_snapshots_after_watch_released_the_volumes_has_nothing_to_do(agent: Agent) -> None:
+    """At the shutdown that follows a termination notice, the volumes watch released are gone: not an error."""
+    assert agent("mount-snapshots", "solr")[0] == 0
+    for mp in MOUNTS:
+        agent.devices.umount(mp)
+    handled.save(agent.run_dir / "watch-notices.json", frozenset({"spot:terminate"}), released=False)
+    assert agent("make-snapshots", "solr")[0] == 1  # not released by watch: a missing mount is an error
+    handled.save(agent.run_dir / "watch-notices.json", frozenset({"spot:terminate"}), released=True)
+    code, _, err = agent("make-snapshots", "solr")
+    assert code == 0 and "snaptastic watch snapshotted its volumes and released them" in err, err
+    assert agent.ec2.calls["CreateSnapshots"] == 0 and not agent.devices.frozen
+    assert agent("mount-snapshots", "solr")[0] == 0  # mounted again (by hand): snapshotted as ever
+    assert agent("make-snapshots", "solr")[0] == 0 and agent.ec2.calls["CreateSnapshots"] == 1
 
 
 def test_the_bug_path_with_verbose_shows_the_traceback(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,9 +13,10 @@ import pytest
 
 from snaptastic_boot.commands.context import Adapters
 from snaptastic_boot.config import settings as settings_mod
-from snaptastic_boot.errors import ValidationFailed
+from snaptastic_boot.errors import LockHeld, ValidationFailed
 from snaptastic_boot.plan.copy import CONCURRENT_COPY_LIMIT
 from snaptastic_boot.snapshotter import EBSVolume, Snapshotter
+from snaptastic_boot.system import lock
 from tests.unit.fakes import ZONE, FakeEc2, tag_list
 from tests.unit.test_commands import MOUNTS, TAGS, Agent, agent  # noqa: F401 (the fixture)
 
@@ -85,6 +86,19 @@ def test_copies_are_made_once_with_every_tag_and_a_dry_run_copies_nothing(agent:
                         "source_snapshot_id": source["SnapshotId"]}
     code, out, _ = agent("copy-snapshots", "solr")
     assert code == 0 and "nothing to copy" in out and regions[AWAY].calls["CopySnapshot"] == 2
+
+
+def test_a_second_copy_run_at_the_same_time_copies_nothing_and_snapshots_are_not_held(agent: Agent,  # noqa: F811
+                                                                                      regions: Regions) -> None:
+    agent.configure(destination_regions=[AWAY])
+    a_complete_set(agent)
+    with lock.exclusive(agent.run_dir / "copy.lock"):
+        code, _, err = agent("copy-snapshots", "solr")
+        assert code == LockHeld.exit_code and "copy.lock" in err, err
+        assert regions[AWAY].calls["CopySnapshot"] == 0
+        with lock.exclusive(agent.run_dir / "snaptastic.lock"):  # the lock of snapshots and restores is free
+            pass
+    assert agent("copy-snapshots", "solr")[0] == 0 and regions[AWAY].calls["CopySnapshot"] == 2
 
 
 def test_copies_under_way_for_another_snapshotter_count_against_the_limit(agent: Agent,  # noqa: F811

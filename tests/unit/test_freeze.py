@@ -117,3 +117,15 @@ def test_expedited_grace_periods_are_the_default_and_can_be_turned_off() -> None
     assert Tunables.from_env({"SNAPTASTIC_EXPEDITE_FREEZE": "1"}).expedite_freeze
     for off in ("0", "no", "false", "NO"):
         assert not Tunables.from_env({"SNAPTASTIC_EXPEDITE_FREEZE": off}).expedite_freeze
+
+
+def test_nothing_to_freeze_starts_no_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[str, ...]] = []
+    monkeypatch.setattr(freeze_mod, "_start_guard", lambda mps, *_: started.append(tuple(mps)))
+    fake = Fake()
+    with freeze_mod.frozen([], fake.freeze, fake.thaw, 5.0):
+        pass
+    assert started == []
+    with freeze_mod.frozen(["/mnt/a"], fake.freeze, fake.thaw, 5.0, expedite=False):
+        pass
+    assert started == [("/mnt/a",)] and fake.log == ["freeze /mnt/a", "thaw /mnt/a"]
