@@ -79,34 +79,29 @@ def vm_image(images: Images) -> VmImage:
     return images.vm
 
 
-@pytest.fixture
-def instances(image: Image, tmp_path: Path) -> Iterator[Callable[..., Instance]]:
-    """Make instances booted from the image against a lab; all are powered off and unmounted at teardown."""
-    made: list[Instance] = []
+def _made(make_one: Callable[[Path, Any, str], Any], tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
 
-    def make(lab: Any, name: str) -> Instance:
-        instance = Instance(image, tmp_path / name, lab, f"snaptastic-{name}-{os.getpid()}")
+    def make(lab: Any, name: str) -> Any:
+        instance = make_one(tmp_path / name, lab, name)
         made.append(instance)
         return instance
 
     yield make
     for instance in reversed(made):
         instance.close()
+
+
+@pytest.fixture
+def instances(image: Image, tmp_path: Path) -> Iterator[Callable[..., Instance]]:
+    """Make instances booted from the image against a lab; all are powered off and unmounted at teardown."""
+    yield from _made(lambda path, lab, name: Instance(image, path, lab, f"snaptastic-{name}-{os.getpid()}"), tmp_path)
 
 
 @pytest.fixture
 def vm_instances(vm_image: VmImage, tmp_path: Path) -> Iterator[Callable[..., VmInstance]]:
-    """As `instances`, but each instance is a qemu VM (machine_vm.py) with the units pointed at the lab."""
-    made: list[VmInstance] = []
-
-    def make(lab: Any, name: str) -> VmInstance:
-        instance = VmInstance(vm_image, tmp_path / name, lab, f"snaptastic-vm-{name}-{os.getpid()}")
-        made.append(instance)
-        return instance
-
-    yield make
-    for instance in reversed(made):
-        instance.close()
+    """As `instances`, but each instance is a qemu VM (machine_vm.py)."""
+    yield from _made(lambda path, lab, name: VmInstance(vm_image, path, lab, f"snaptastic-vm-{name}-{os.getpid()}"), tmp_path)
 
 
 @pytest.fixture(params=["container", "vm"])

@@ -28,6 +28,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,7 +80,9 @@ class GuestAgent:
             if name != "guest-sync" or answer.get("return") == arguments.get("id"):
                 return answer.get("return")
 
-    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """A connection, synchronised (guest-sync drops what an earlier client left unread)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5)
         try:
@@ -86,6 +90,12 @@ class GuestAgent:
             conn = sock.makefile("rwb")
             self._call(conn, "guest-sync", id=int(time.monotonic() * 1000) % 2**31)
             sock.settimeout(30)
+            yield conn
+        finally:
+            sock.close()
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+        with self._session() as conn:
             pid = self._call(conn, "guest-exec", path=argv[0], arg=argv[1:], env=[f"{k}={v}" for k, v in env.items()],
                              **{"capture-output": True})["pid"]
             deadline = time.monotonic() + timeout
@@ -96,23 +106,14 @@ class GuestAgent:
                 if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(argv, timeout)
                 time.sleep(0.2)
-        finally:
-            sock.close()
         out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
         err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
         return subprocess.CompletedProcess(argv, status.get("exitcode", -status.get("signal", 1)), out, err)
 
     def start(self, argv: list[str], env: dict[str, str]) -> None:
         """Start a command and do not wait for it (poweroff, reboot: the agent may not live to answer)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5)
-        try:
-            sock.connect(str(self.path))
-            conn = sock.makefile("rwb")
-            self._call(conn, "guest-sync", id=int(time.monotonic() * 1000) % 2**31)
+        with self._session() as conn:
             self._call(conn, "guest-exec", path=argv[0], arg=argv[1:], env=[f"{k}={v}" for k, v in env.items()])
-        finally:
-            sock.close()
 
 
 class VmInstance:

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -111,17 +111,20 @@ def restored_before_multi_user(journal: Journal, mounting: str) -> None:
 
 
 class Story:
-    def __init__(self, image: Image, deb: Path, workdir: Path, lab: Lab) -> None:
-        self.image = image
+    """One lab and the instances of one story; `make(workdir, lab, name)` makes an instance (a container here,
+    a VM in test_vm.py)."""
+
+    def __init__(self, make: Callable[[Path, Lab, str], Any], deb: Path, workdir: Path, lab: Lab) -> None:
+        self.make = make
         self.deb = deb
         self.workdir = workdir
         self.lab = lab
-        self.instances: dict[str, Instance] = {}
+        self.instances: dict[str, Any] = {}
         self.passed: set[str] = set()
         self.facts: dict[str, Any] = {}
 
-    def instance(self, name: str) -> Instance:
-        self.instances[name] = Instance(self.image, self.workdir / name, self.lab, f"snaptastic-{name}-{os.getpid()}")
+    def instance(self, name: str, **kw: Any) -> Any:
+        self.instances[name] = self.make(self.workdir / name, self.lab, name, **kw)
         return self.instances[name]
 
     def after(self, *cycles: str) -> None:
@@ -134,11 +137,88 @@ class Story:
             instance.close()
 
 
+def poweroff_snapshots_while_mounted(lab: Lab, instance: Any, volume: str, network_units: tuple[str, ...] = ()) -> str:
+    """Power the instance off: one CreateSnapshots of `volume`, taken before the shutdown unit stops, which is
+    before the mount is unmounted and before network-online.target (and `network_units`) stop; the line the
+    application wrote at boot is in the snapshot's bytes. Returns the snapshot id."""
+    lab.reset_calls()
+    assert instance.poweroff() == 0
+    journal = instance.journal()
+    lines = journal.lines("snaptastic-snapshot")
+    found = [SNAPSHOT_LINE.search(line) for line in lines]
+    snap_id, snapshotted = next((m.groups() for m in found if m), (None, None))
+    assert snap_id and snapshotted == volume, lines
+    taken = journal.find("snaptastic-snapshot", f"snapshot {snap_id}")
+    stopped = journal.job("snaptastic-snapshot.service", "stop")
+    unmounted = journal.job(MOUNT_UNIT, "stop")
+    networks = [journal.job(unit, "stop") for unit in ("network-online.target", *network_units)]
+    assert 0 <= taken < stopped < unmounted and all(stopped < n for n in networks), (
+        taken, stopped, unmounted, networks, journal.text())
+    assert writes(lab) == ["CreateSnapshots"]
+    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service")
+    no_traceback(journal)
+    content = file_in_image(lab.snapshot_file(snap_id), "/boot-log")
+    assert content == f"boot {instance.boot_ids[-1]} of {instance.machine_id}\n", content
+    return snap_id
+
+
+def restored_the_snapshot(lab: Lab, instance: Any, journal: Journal, snapshot_id: str, boot_log_before: str) -> str:
+    """A new instance made its volume from `snapshot_id` (not formatted) before multi-user.target, and its
+    application added its line to what was there. Returns the new volume's id."""
+    restored_before_multi_user(journal, "on /mnt/solr")
+    assert [r.get("SnapshotId") for r in requests(lab, "CreateVolume")] == [snapshot_id]
+    assert journal.find("snaptastic-mount", "formatting") < 0, "a restored volume must not be formatted"
+    log = instance.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout
+    assert log == boot_log_before + f"boot {instance.boot_ids[-1]} of {instance.machine_id}\n", log
+    no_traceback(journal)
+    return next(m.group(1) for m in (re.search(r"created (vol-\w+)", line) for line in journal.lines("snaptastic-mount")) if m)
+
+
+def reboot_snapshots_and_creates_nothing(lab: Lab, instance: Any) -> Journal:
+    """A reboot: its shutdown half takes one snapshot, its boot half creates and attaches nothing. Returns the
+    journal of the new boot."""
+    lab.reset_calls()
+    assert instance.reboot() == "running", instance.exec("systemctl", "--failed").stdout
+    before = instance.journal(-2)
+    assert any(SNAPSHOT_LINE.search(line) for line in before.lines("snaptastic-snapshot")), before.lines("snaptastic-snapshot")
+    not_failed(before, "snaptastic-snapshot.service")
+    assert writes(lab) == ["CreateSnapshots"], lab.call_counts()
+    return instance.journal()
+
+
+def upgrade_takes_no_snapshot_the_periodic_run_does(lab: Lab, instance: Any, deb_inside: str) -> str:
+    """`systemctl restart` of the shutdown unit and a `dpkg -i` of the package (its postinst restarts the unit,
+    as an upgrade does) take no snapshot; the periodic service does; the power-off after all that still
+    snapshots. Returns the power-off's snapshot id."""
+    lab.reset_calls()
+    instance.exec("systemctl", "restart", "snaptastic-snapshot.service", check=True)
+    instance.exec("dpkg", "-i", deb_inside, env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=600, check=True)
+    lines = instance.journal().lines("snaptastic-snapshot")
+    skipped = "snaptastic-units: the system is not shutting down (state: running): no snapshot taken"
+    assert lines.count(skipped) == 2, lines
+    assert writes(lab) == [] and lab.call_counts().total() == 0, lab.call_counts()
+    assert instance.exec("systemctl", "is-active", "snaptastic-snapshot.service").stdout.strip() == "active"
+    instance.exec("systemctl", "start", "snaptastic-periodic.service", check=True, timeout=600)
+    periodic = instance.journal().lines("snaptastic-periodic")
+    assert any(SNAPSHOT_LINE.search(line) for line in periodic), periodic
+    assert periodic[-2:] == ["snaptastic-units: snaptastic clean snapshots solr --force", "no snapshots to clean"], periodic
+    assert writes(lab) == ["CreateSnapshots"]
+    lab.reset_calls()
+    assert instance.poweroff() == 0
+    journal = instance.journal()
+    taken = [m.group(1) for m in (SNAPSHOT_LINE.search(line) for line in journal.lines("snaptastic-snapshot")) if m]
+    assert len(taken) == 1, journal.lines("snaptastic-snapshot")
+    assert writes(lab) == ["CreateSnapshots"]
+    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service", "snaptastic-periodic.service")
+    no_traceback(journal)
+    return taken[0]
+
+
 @pytest.fixture(scope="module")
 def story(image: Image, deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     workdir = tmp_path_factory.mktemp("story")
     lab = Lab(workdir / "lab").start()
-    story = Story(image, deb, workdir, lab)
+    story = Story(lambda path, lab, name: Instance(image, path, lab, f"snaptastic-{name}-{os.getpid()}"), deb, workdir, lab)
     try:
         yield story
     finally:
@@ -176,27 +256,9 @@ def test_1_first_boot_creates_formats_and_mounts_before_multi_user(story: Story)
 
 def test_2_poweroff_snapshots_while_mounted_and_before_the_network_stops(story: Story) -> None:
     story.after("cycle 1")
-    lab, a = story.lab, story.instances["a"]
-    lab.reset_calls()
-    assert a.poweroff() == 0
-    journal = a.journal()
-    lines = journal.lines("snaptastic-snapshot")
-    found = [SNAPSHOT_LINE.search(line) for line in lines]
-    snap_id, volume = next((m.groups() for m in found if m), (None, None))
-    assert snap_id and volume == story.facts["volume_a"], lines
-    taken = journal.find("snaptastic-snapshot", f"snapshot {snap_id}")
-    stopped = journal.job("snaptastic-snapshot.service", "stop")
-    unmounted = journal.job(MOUNT_UNIT, "stop")
-    network = journal.job("network-online.target", "stop")
-    assert 0 <= taken < stopped < unmounted and stopped < network, (taken, stopped, unmounted, network, journal.text())
-    assert writes(lab) == ["CreateSnapshots"]
-    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service")
-    no_traceback(journal)
-    # The line the application wrote at boot is in the snapshot's bytes.
-    content = file_in_image(lab.snapshot_file(snap_id), "/boot-log")
-    assert content == f"boot {a.boot_ids[-1]} of {a.machine_id}\n", content
-    story.facts["snapshot_a"] = snap_id
-    story.facts["boot_log_a"] = content
+    a = story.instances["a"]
+    story.facts["snapshot_a"] = poweroff_snapshots_while_mounted(story.lab, a, story.facts["volume_a"])
+    story.facts["boot_log_a"] = f"boot {a.boot_ids[-1]} of {a.machine_id}\n"
     story.passed.add("cycle 2")
 
 
@@ -210,32 +272,15 @@ def test_3_new_instance_restores_the_snapshot_before_multi_user(story: Story) ->
     bake(b)
     assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
     journal = b.journal()
-    snap_id = story.facts["snapshot_a"]
-    restored_before_multi_user(journal, "on /mnt/solr")
-    assert [r.get("SnapshotId") for r in requests(lab, "CreateVolume")] == [snap_id]
-    assert journal.find("snaptastic-mount", "formatting") < 0, "a restored volume must not be formatted"
-    # What instance A wrote is there, and B's application added its line after the restore.
-    log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout
-    assert log == story.facts["boot_log_a"] + f"boot {b.boot_ids[-1]} of {b.machine_id}\n", log
-    no_traceback(journal)
-    story.facts["volume_b"] = next(
-        m.group(1) for m in (re.search(r"created (vol-\w+)", line) for line in journal.lines("snaptastic-mount")) if m
-    )
+    story.facts["volume_b"] = restored_the_snapshot(lab, b, journal, story.facts["snapshot_a"], story.facts["boot_log_a"])
     story.passed.add("cycle 3")
 
 
 def test_4_reboot_creates_nothing_mounts_again_and_snapshots_at_shutdown(story: Story) -> None:
     story.after("cycle 3")
     lab, b = story.lab, story.instances["b"]
-    lab.reset_calls()
-    assert b.reboot() == "running", b.exec("systemctl", "--failed").stdout
-    # The shutdown half of the reboot took a snapshot.
-    before = b.journal(-2)
-    assert any(SNAPSHOT_LINE.search(line) for line in before.lines("snaptastic-snapshot")), before.lines("snaptastic-snapshot")
-    not_failed(before, "snaptastic-snapshot.service")
-    assert writes(lab) == ["CreateSnapshots"]
-    # The boot half: nothing created or attached, the same volume mounted again before multi-user.target.
-    journal = b.journal()
+    journal = reboot_snapshots_and_creates_nothing(lab, b)
+    # The boot half: the same volume mounted again before multi-user.target.
     volume = story.facts["volume_b"]
     assert journal.find("snaptastic-mount", f"mount attached volume {volume}") >= 0, journal.lines("snaptastic-mount")
     restored_before_multi_user(journal, "on /mnt/solr")
@@ -253,31 +298,9 @@ def test_4_reboot_creates_nothing_mounts_again_and_snapshots_at_shutdown(story: 
 
 def test_5_upgrade_restarts_take_no_snapshot_the_periodic_run_does(story: Story) -> None:
     story.after("cycle 4")
-    lab, b = story.lab, story.instances["b"]
-    lab.reset_calls()
-    b.exec("systemctl", "restart", "snaptastic-snapshot.service", check=True)
-    # What an upgrade does: dpkg -i of the package again; its postinst restarts the shutdown unit.
+    b = story.instances["b"]
     shutil.copy(story.deb, b.root / "var/tmp/snaptastic-boot.deb")
-    b.exec("dpkg", "-i", "/var/tmp/snaptastic-boot.deb", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300, check=True)
-    lines = b.journal().lines("snaptastic-snapshot")
-    skipped = "snaptastic-units: the system is not shutting down (state: running): no snapshot taken"
-    assert lines.count(skipped) == 2, lines
-    assert writes(lab) == [] and lab.call_counts().total() == 0, lab.call_counts()
-    assert b.exec("systemctl", "is-active", "snaptastic-snapshot.service").stdout.strip() == "active"
-    # The timer's service takes a snapshot now.
-    b.exec("systemctl", "start", "snaptastic-periodic.service", check=True, timeout=300)
-    periodic = b.journal().lines("snaptastic-periodic")
-    assert any(SNAPSHOT_LINE.search(line) for line in periodic), periodic
-    assert periodic[-2:] == ["snaptastic-units: snaptastic clean snapshots solr --force", "no snapshots to clean"], periodic
-    assert writes(lab) == ["CreateSnapshots"]
-    # And the shutdown after all that still snapshots.
-    lab.reset_calls()
-    assert b.poweroff() == 0
-    journal = b.journal()
-    assert any(SNAPSHOT_LINE.search(line) for line in journal.lines("snaptastic-snapshot")), journal.lines("snaptastic-snapshot")
-    assert writes(lab) == ["CreateSnapshots"]
-    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service", "snaptastic-periodic.service")
-    no_traceback(journal)
+    upgrade_takes_no_snapshot_the_periodic_run_does(story.lab, b, "/var/tmp/snaptastic-boot.deb")
     story.passed.add("cycle 5")
 
 

@@ -33,15 +33,16 @@ from tests.boot.machine_vm import VmInstance
 from tests.boot.test_cycles import (
     MOUNT_POINT,
     MOUNT_UNIT,
-    SNAPSHOT_LINE,
     SOLR,
-    file_in_image,
+    Story,
     no_traceback,
-    not_failed,
+    poweroff_snapshots_while_mounted,
+    reboot_snapshots_and_creates_nothing,
     requests,
     restored_before_multi_user,
+    restored_the_snapshot,
     started,
-    writes,
+    upgrade_takes_no_snapshot_the_periodic_run_does,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,35 +72,15 @@ def cloud_init_wrote_the_config(instance: VmInstance, journal: Any, lab: Lab) ->
     assert 0 <= journal.job("cloud-init.service") < started(journal, "snaptastic-mount.service"), journal.text()
 
 
-class Story:
-    def __init__(self, image: VmImage, deb: Path, workdir: Path, lab: Lab) -> None:
-        self.image = image
-        self.deb = deb
-        self.workdir = workdir
-        self.lab = lab
-        self.instances: dict[str, VmInstance] = {}
-        self.passed: set[str] = set()
-        self.facts: dict[str, Any] = {}
-
-    def instance(self, name: str, **kw: Any) -> VmInstance:
-        self.instances[name] = VmInstance(self.image, self.workdir / name, self.lab, f"snaptastic-vm-{name}-{os.getpid()}", **kw)
-        return self.instances[name]
-
-    def after(self, *cycles: str) -> None:
-        missing = [c for c in cycles if c not in self.passed]
-        if missing:
-            pytest.skip(f"needs {', '.join(missing)}, which did not pass")
-
-    def close(self) -> None:
-        for instance in self.instances.values():
-            instance.close()
-
-
 @pytest.fixture(scope="module")
 def story(vm_image: VmImage, deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     workdir = tmp_path_factory.mktemp("vm-story")
     lab = Lab(workdir / "lab", userdata=AMI_USERDATA.read_bytes()).start()
-    story = Story(vm_image, deb, workdir, lab)
+
+    def make(path: Path, lab: Lab, name: str, **kw: Any) -> VmInstance:
+        return VmInstance(vm_image, path, lab, f"snaptastic-vm-{name}-{os.getpid()}", **kw)
+
+    story = Story(make, deb, workdir, lab)
     try:
         yield story
     finally:
@@ -146,29 +127,11 @@ def test_vm_1_first_boot_hot_plugs_formats_and_mounts_before_multi_user(story: S
 
 def test_vm_2_poweroff_snapshots_while_mounted_and_before_the_network_stops(story: Story) -> None:
     story.after("cycle 1")
-    lab, a = story.lab, story.instances["a"]
-    lab.reset_calls()
-    assert a.poweroff() == 0
-    journal = a.journal()
-    lines = journal.lines("snaptastic-snapshot")
-    found = [SNAPSHOT_LINE.search(line) for line in lines]
-    snap_id, volume = next((m.groups() for m in found if m), (None, None))
-    assert snap_id and volume == story.facts["volume_a"], lines
-    taken = journal.find("snaptastic-snapshot", f"snapshot {snap_id}")
-    stopped = journal.job("snaptastic-snapshot.service", "stop")
-    unmounted = journal.job(MOUNT_UNIT, "stop")
-    network = journal.job("network-online.target", "stop")
-    networkd = journal.job("systemd-networkd.service", "stop")
-    assert 0 <= taken < stopped < unmounted and stopped < network and stopped < networkd, (
-        taken, stopped, unmounted, network, networkd, journal.text())
-    assert writes(lab) == ["CreateSnapshots"]
-    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service")
-    no_traceback(journal)
-    # The line the application wrote at boot reached the volume's bytes through the guest's kernel and qemu.
-    content = file_in_image(lab.snapshot_file(snap_id), "/boot-log")
-    assert content == f"boot {a.boot_ids[-1]} of {a.machine_id}\n", content
-    story.facts["snapshot_a"] = snap_id
-    story.facts["boot_log_a"] = content
+    a = story.instances["a"]
+    # The line the application wrote at boot reaches the snapshot through the guest's kernel and qemu.
+    story.facts["snapshot_a"] = poweroff_snapshots_while_mounted(story.lab, a, story.facts["volume_a"],
+                                                                 network_units=("systemd-networkd.service",))
+    story.facts["boot_log_a"] = f"boot {a.boot_ids[-1]} of {a.machine_id}\n"
     story.passed.add("cycle 2")
 
 
@@ -184,30 +147,16 @@ def test_vm_3_new_instance_restores_the_snapshot_before_multi_user(story: Story)
     assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
     journal = b.journal()
     cloud_init_wrote_the_config(b, journal, lab)
-    restored_before_multi_user(journal, "on /mnt/solr")
-    assert [r.get("SnapshotId") for r in requests(lab, "CreateVolume")] == [story.facts["snapshot_a"]]
-    assert journal.find("snaptastic-mount", "formatting") < 0, "a restored volume must not be formatted"
-    log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout
-    assert log == story.facts["boot_log_a"] + f"boot {b.boot_ids[-1]} of {b.machine_id}\n", log
-    no_traceback(journal)
-    story.facts["volume_b"] = next(
-        m.group(1) for m in (re.search(r"created (vol-\w+)", line) for line in journal.lines("snaptastic-mount")) if m
-    )
+    story.facts["volume_b"] = restored_the_snapshot(lab, b, journal, story.facts["snapshot_a"], story.facts["boot_log_a"])
     story.passed.add("cycle 3")
 
 
 def test_vm_4_reboot_mounts_by_fstab_creates_nothing_and_snapshots_at_shutdown(story: Story) -> None:
     story.after("cycle 3")
     lab, b = story.lab, story.instances["b"]
-    lab.reset_calls()
-    assert b.reboot() == "running", b.exec("systemctl", "--failed").stdout
-    before = b.journal(-2)
-    assert any(SNAPSHOT_LINE.search(line) for line in before.lines("snaptastic-snapshot")), before.lines("snaptastic-snapshot")
-    not_failed(before, "snaptastic-snapshot.service")
-    assert writes(lab) == ["CreateSnapshots"]
+    journal = reboot_snapshots_and_creates_nothing(lab, b)
     # The volume stayed attached through the reset; systemd mounted it from the fstab entry the agent wrote,
     # and the agent, racing it, found it mounted: nothing created, attached or formatted.
-    journal = b.journal()
     volume = story.facts["volume_b"]
     assert b.exec("systemctl", "show", "-P", "SourcePath", MOUNT_UNIT).stdout.strip() == "/etc/fstab"
     assert journal.job(MOUNT_UNIT) >= 0, journal.text()
@@ -224,28 +173,8 @@ def test_vm_4_reboot_mounts_by_fstab_creates_nothing_and_snapshots_at_shutdown(s
 
 def test_vm_5_upgrade_restarts_take_no_snapshot_the_periodic_run_does(story: Story) -> None:
     story.after("cycle 4")
-    lab, b = story.lab, story.instances["b"]
-    lab.reset_calls()
-    b.exec("systemctl", "restart", "snaptastic-snapshot.service", check=True)
-    b.exec("dpkg", "-i", "/var/tmp/snaptastic-boot.deb", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=600, check=True)
-    lines = b.journal().lines("snaptastic-snapshot")
-    skipped = "snaptastic-units: the system is not shutting down (state: running): no snapshot taken"
-    assert lines.count(skipped) == 2, lines
-    assert lab.call_counts().total() == 0, lab.call_counts()
-    b.exec("systemctl", "start", "snaptastic-periodic.service", check=True, timeout=600)
-    periodic = b.journal().lines("snaptastic-periodic")
-    assert any(SNAPSHOT_LINE.search(line) for line in periodic), periodic
-    assert writes(lab) == ["CreateSnapshots"]
-    # The shutdown after all that still snapshots.
-    lab.reset_calls()
-    assert b.poweroff() == 0
-    journal = b.journal()
-    taken = [m.group(1) for m in (SNAPSHOT_LINE.search(line) for line in journal.lines("snaptastic-snapshot")) if m]
-    assert len(taken) == 1, journal.lines("snaptastic-snapshot")
-    assert writes(lab) == ["CreateSnapshots"]
-    not_failed(journal, "snaptastic-snapshot.service", "snaptastic-mount.service", "snaptastic-periodic.service")
-    no_traceback(journal)
-    story.facts["snapshot_b"] = taken[0]
+    story.facts["snapshot_b"] = upgrade_takes_no_snapshot_the_periodic_run_does(story.lab, story.instances["b"],
+                                                                               "/var/tmp/snaptastic-boot.deb")
     story.passed.add("cycle 5")
 
 
