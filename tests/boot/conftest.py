@@ -104,7 +104,7 @@ def vm_instances(vm_image: VmImage, tmp_path: Path) -> Iterator[Callable[..., Vm
     yield from _made(lambda path, lab, name: VmInstance(vm_image, path, lab, f"snaptastic-vm-{name}-{os.getpid()}"), tmp_path)
 
 
-@pytest.fixture(params=["container", "vm"])
+@pytest.fixture(params=["container", pytest.param("vm", marks=pytest.mark.vm)])
 def machines(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """`instances` or `vm_instances`: a test taking this runs once in containers and once in VMs."""
     return request.getfixturevalue("instances" if request.param == "container" else "vm_instances")

@@ -45,6 +45,8 @@ from tests.boot.test_cycles import (
     upgrade_takes_no_snapshot_the_periodic_run_does,
 )
 
+pytestmark = pytest.mark.vm
+
 ROOT = Path(__file__).resolve().parents[2]
 AMI_USERDATA = ROOT / "cloudinit/ami/userdata.mime"
 WHEEL_ADDRESS = "169.254.0.101"
