@@ -169,6 +169,14 @@ def test_vm_4_reboot_mounts_by_fstab_creates_nothing_and_snapshots_at_shutdown(s
     assert nvme_device(b, volume) == b.exec("findmnt", "-n", "-o", "SOURCE", MOUNT_POINT, check=True).stdout.strip()
     log = b.exec("cat", f"{MOUNT_POINT}/boot-log", check=True).stdout.splitlines()
     assert len(log) == 3 and log[-1] == f"boot {b.boot_ids[-1]} of {b.machine_id}", log
+    # With the fstab mount unit known when systemd loads the units, RequiresMountsFor= (the documented
+    # drop-in's, and the shutdown unit's runtime one) adds Requires= as well as After= on it: the application
+    # waits for the mount and starts after it.
+    for unit in ("solr.service", "snaptastic-snapshot.service"):
+        show = dict(line.split("=", 1) for line in b.exec(
+            "systemctl", "show", unit, "-p", "Requires", "-p", "After", check=True).stdout.splitlines() if "=" in line)
+        assert MOUNT_UNIT in show["Requires"].split() and MOUNT_UNIT in show["After"].split(), (unit, show)
+    assert 0 <= journal.job(MOUNT_UNIT) < started(journal, "solr.service"), journal.text()
     no_traceback(journal)
     story.passed.add("cycle 4")
 
