@@ -131,9 +131,7 @@ class Instance:
             "SNAPTASTIC_DEV_ROOT": LAB_DEV,
             "SNAPTASTIC_SYS_ROOT": LAB_SYS,
         }
-        text = "[Service]\n" + "".join(f"Environment={key}={value}\n" for key, value in env.items())
-        for unit in UNITS:
-            self.write(f"/etc/systemd/system/{unit}.d/lab.conf", text)
+        write_environment_dropins(self, env, UNITS)
 
     # Boots
 
@@ -269,6 +267,14 @@ class Instance:
             return "\n".join(self.console.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no console output)"
+
+
+def write_environment_dropins(instance: Any, env: dict[str, str], units: tuple[str, ...]) -> None:
+    """`Environment=` drop-ins (`lab.conf`) for `units` in the instance's root: the only change the tests make
+    to the package's units. Each assignment is quoted: a value may hold spaces."""
+    text = "[Service]\n" + "".join(f'Environment="{key}={value}"\n' for key, value in env.items())
+    for unit in units:
+        instance.write(f"/etc/systemd/system/{unit}.d/lab.conf", text)
 
 
 def nspawn_problem() -> str | None:

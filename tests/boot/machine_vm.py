@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from snaptastic_lab.qemu import HotplugTable, Qmp
 from tests.boot.image import VmImage
-from tests.boot.machine import CONTAINER_ENV, UNITS, Entry, Journal, MachineError
+from tests.boot.machine import CONTAINER_ENV, UNITS, Entry, Journal, MachineError, write_environment_dropins
 
 EC2_ADDRESS = "169.254.0.100"
 IMDS_ADDRESS = "169.254.169.254"
@@ -193,9 +193,7 @@ class VmInstance:
         endpoint = f"http://{EC2_ADDRESS}:{_port(self.lab.endpoint)}"
         env = {"AWS_ENDPOINT_URL_EC2": endpoint, "AWS_ENDPOINT_URL_AUTO_SCALING": endpoint,
                "SNAPTASTIC_NVME_MODELS": QEMU_NVME_MODEL}
-        text = "[Service]\n" + "".join(f'Environment="{key}={value}"\n' for key, value in env.items())
-        for unit in units:
-            self.write(f"/etc/systemd/system/{unit}.d/lab.conf", text)
+        write_environment_dropins(self, env, units)
 
     # Boots
 

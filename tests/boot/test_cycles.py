@@ -127,6 +127,17 @@ class Story:
         self.instances[name] = self.make(self.workdir / name, self.lab, name, **kw)
         return self.instances[name]
 
+    def replacement(self, name: str, userdata: Any = None, **kw: Any) -> Any:
+        """The current instance is terminated and a replacement launched (with the same userdata unless
+        given); returns the replacement's machine, not booted yet. The lab's call log starts empty."""
+        self.lab.terminate_instance()
+        if userdata is None:
+            self.lab.new_instance()
+        else:
+            self.lab.new_instance(userdata=userdata)
+        self.lab.reset_calls()
+        return self.instance(name, **kw)
+
     def after(self, *cycles: str) -> None:
         missing = [c for c in cycles if c not in self.passed]
         if missing:
@@ -265,10 +276,7 @@ def test_2_poweroff_snapshots_while_mounted_and_before_the_network_stops(story: 
 def test_3_new_instance_restores_the_snapshot_before_multi_user(story: Story) -> None:
     story.after("cycle 2")
     lab = story.lab
-    lab.terminate_instance()
-    lab.new_instance()
-    lab.reset_calls()
-    b = story.instance("b")
+    b = story.replacement("b")
     bake(b)
     assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
     journal = b.journal()

@@ -140,10 +140,7 @@ def test_vm_2_poweroff_snapshots_while_mounted_and_before_the_network_stops(stor
 def test_vm_3_new_instance_restores_the_snapshot_before_multi_user(story: Story) -> None:
     story.after("cycle 2")
     lab = story.lab
-    lab.terminate_instance()
-    lab.new_instance()
-    lab.reset_calls()
-    b = story.instance("b")
+    b = story.replacement("b")
     bake(b)
     shutil.copy(story.deb, b.root / "var/tmp/snaptastic-boot.deb")  # for the upgrade of cycle 5
     assert b.boot() == "running", b.exec("systemctl", "--failed").stdout
@@ -240,10 +237,8 @@ def test_vm_6_the_multipart_example_restores_the_newest_snapshot_from_runcmd(sto
     story.after("cycle 5")
     wheel, port, fetched = wheel_server
     lab = story.lab
-    lab.terminate_instance()
-    lab.new_instance(userdata=multipart_userdata(f"http://{WHEEL_ADDRESS}/{wheel}"))
-    lab.reset_calls()
-    c = story.instance("c", forwards={f"{WHEEL_ADDRESS}:80": port})
+    c = story.replacement("c", userdata=multipart_userdata(f"http://{WHEEL_ADDRESS}/{wheel}"),
+                          forwards={f"{WHEEL_ADDRESS}:80": port})
     # Only runcmd runs the agent here (the package's units are told nothing): point it at the lab's EC2.
     c.point_units_at_lab(units=("cloud-final.service",))
     assert c.boot() == "running", c.exec("systemctl", "--failed").stdout
